@@ -1,0 +1,245 @@
+//! The parameter table, relais's mail_params.h: every main.cf parameter relais knows, with
+//! its type, Postfix's default, bounds and a one-line description. `postconf -d` prints it.
+//!
+//! `support` says what relais does with a parameter an administrator sets:
+//! `Yes` — honoured; `No` — accepted and ignored, with a warning at start and in
+//! `relais check`; `Instead(text)` — a security-relevant setting relais cannot honour as
+//! written: the warning says what relais does instead, so nothing is silently weaker.
+//!
+//! Sections belong to the module that reads them; keep each section sorted by name.
+
+/// How a value is parsed and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Bool,
+    Int,
+    /// A time with units s, m, h, d, w; the char is the unit of a bare number.
+    Time(char),
+    /// A byte count.
+    Size,
+    /// A list separated by commas and/or whitespace.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    No,
+    Instead(&'static str),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    /// Postfix's default as `postconf -d` prints it (before expansion).
+    pub default: &'static str,
+    pub kind: Kind,
+    /// Inclusive bounds for Int/Time(seconds)/Size values.
+    pub min: i64,
+    pub max: i64,
+    pub doc: &'static str,
+    pub support: Support,
+}
+
+use Kind::*;
+use Support::*;
+
+const MAXI: i64 = i64::MAX;
+
+macro_rules! p {
+    ($name:literal, $def:literal, $kind:expr, $doc:literal, $sup:expr) => {
+        Param {
+            name: $name,
+            default: $def,
+            kind: $kind,
+            min: i64::MIN,
+            max: MAXI,
+            doc: $doc,
+            support: $sup,
+        }
+    };
+    ($name:literal, $def:literal, $kind:expr, $min:expr, $max:expr, $doc:literal, $sup:expr) => {
+        Param {
+            name: $name,
+            default: $def,
+            kind: $kind,
+            min: $min,
+            max: $max,
+            doc: $doc,
+            support: $sup,
+        }
+    };
+}
+
+const NO_MILTER: Support = Instead("relais has no milter client yet: mail passes unfiltered and unsigned, as with milter_default_action = accept");
+const NO_CIPHERS: Support = Instead("rustls has no OpenSSL cipher strings: relais always uses rustls's safe default suites (AEAD with forward secrecy only)");
+
+/// Parameters whose default is computed at run time (host name, computed networks, the -c
+/// directory). `postconf -d` prints the computed value, as Postfix does.
+pub const COMPUTED: &[&str] = &[
+    "myhostname",
+    "mydomain",
+    "mynetworks",
+    "config_directory",
+    "process_id",
+];
+
+pub static PARAMS: &[Param] = &[
+    // --- identity, paths, global ---------------------------------------------------------
+    p!("append_at_myorigin", "yes", Bool, "append @$myorigin to addresses without a domain from local submissions", Yes),
+    p!("append_dot_mydomain", "${{$compatibility_level} <level {1} ? {yes} : {no}}", Bool, "append .$mydomain to user@host addresses without a dot in the domain", Yes),
+    p!("biff", "yes", Bool, "notify the local biff service of new mail (relais has no biff)", No),
+    p!("command_directory", "/usr/sbin", Str, "where the administrative commands live", Yes),
+    p!("compatibility_level", "0", Str, "which generation of Postfix defaults applies", Yes),
+    p!("config_directory", "/etc/postfix", Str, "directory holding main.cf and master.cf", Yes),
+    p!("daemon_directory", "/usr/lib/postfix/sbin", Str, "where Postfix keeps its daemon programs (relais's daemons are built in)", No),
+    p!("data_directory", "/var/lib/postfix", Str, "directory for caches and other writable data", Yes),
+    p!("default_process_limit", "100", Int, 1, MAXI, "maxproc of a master.cf row that says -", Yes),
+    p!("enable_long_queue_ids", "no", Bool, "use long, non-repeating queue IDs", Yes),
+    p!("import_environment", "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C", List, "environment variables kept for child processes", No),
+    p!("inet_interfaces", "all", List, "addresses smtpd listens on (all, loopback-only, or a list)", Yes),
+    p!("inet_protocols", "all", List, "address families used: ipv4, ipv6, all", Yes),
+    p!("mail_name", "relais", Str, "the mail system's name in the banner and Received: headers", Yes),
+    p!("mail_owner", "postfix", Str, "the unprivileged account that owns the queue", No),
+    p!("maillog_file", "", Str, "file that receives the log (empty: standard error)", Yes),
+    p!("mydestination", "$myhostname, localhost.$mydomain, localhost", List, "domains delivered locally", Yes),
+    p!("mydomain", "", Str, "this system's internet domain (default: myhostname without its first label)", Yes),
+    p!("myhostname", "", Str, "this system's fully-qualified host name (default: from the system)", Yes),
+    p!("mynetworks", "", List, "trusted client networks (default: computed from mynetworks_style)", Yes),
+    p!("mynetworks_style", "${{$compatibility_level} <level {2} ? {subnet} : {host}}", Str, "how to compute mynetworks when it is not set: host, subnet or class", Yes),
+    p!("myorigin", "$myhostname", Str, "domain appended to locally-posted mail", Yes),
+    p!("process_id", "", Str, "the process ID of the running daemon (read-only)", Yes),
+    p!("process_name", "", Str, "the name of the running daemon (read-only)", Yes),
+    p!("queue_directory", "/var/spool/postfix", Str, "where the queue (the sled database and control socket) lives", Yes),
+    p!("recipient_delimiter", "", Str, "characters that separate a user name from an address extension", Yes),
+    p!("relay_domains", "${{$compatibility_level} <level {2} ? {$mydestination} : {}}", List, "domains relais relays mail to from anyone", Yes),
+    p!("relayhost", "", Str, "next-hop for mail not delivered locally ([host]:port suppresses MX lookup)", Yes),
+    p!("service_name", "", Str, "the master.cf service name of the running daemon (read-only)", Yes),
+    p!("smtputf8_enable", "${{$compatibility_level} <level {1} ? {no} : {yes}}", Bool, "offer SMTPUTF8 and accept UTF-8 addresses", Yes),
+    p!("stress", "", Str, "set by the master under overload (read-only)", Yes),
+    p!("syslog_facility", "mail", Str, "syslog facility (relais logs to maillog_file)", No),
+    p!("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}", Str, "program name prefix of log lines", Yes),
+    p!("multi_instance_name", "", Str, "name of this instance in a multi-instance setup", Yes),
+    // --- smtpd ---------------------------------------------------------------------------
+    p!("disable_vrfy_command", "no", Bool, "refuse VRFY and do not advertise it", Yes),
+    p!("header_size_limit", "102400", Size, 1, MAXI, "largest message header kept, in bytes", Yes),
+    p!("line_length_limit", "2048", Size, 1, MAXI, "longest SMTP line or message line read in one piece", Yes),
+    p!("message_size_limit", "10240000", Size, 0, MAXI, "largest message accepted, in bytes (0: no limit)", Yes),
+    p!("smtpd_banner", "$myhostname ESMTP $mail_name", Str, "text after 220 in the greeting", Yes),
+    p!("smtpd_client_connection_count_limit", "50", Int, 0, MAXI, "simultaneous connections one client may hold (0: no limit)", Yes),
+    p!("smtpd_delay_reject", "yes", Bool, "apply client/helo/sender restrictions at RCPT TO", Yes),
+    p!("smtpd_error_sleep_time", "1s", Time('s'), 0, MAXI, "pause before answering an error once soft_error_limit is reached", Yes),
+    p!("smtpd_forbid_bare_newline", "normalize", Str, "bare LF / CR handling: normalize, yes (reject), no", Yes),
+    p!("smtpd_hard_error_limit", "${stress?{1}:{20}}", Int, 1, MAXI, "errors after which the session is ended", Yes),
+    p!("smtpd_helo_required", "no", Bool, "require HELO/EHLO before MAIL FROM", Yes),
+    p!("smtpd_junk_command_limit", "${stress?{1}:{100}}", Int, 1, MAXI, "NOOP/VRFY/ETRN/RSET commands allowed before an error counts", Yes),
+    p!("smtpd_recipient_limit", "1000", Int, 1, MAXI, "recipients accepted per message", Yes),
+    p!("smtpd_soft_error_limit", "10", Int, 1, MAXI, "errors after which each reply is delayed", Yes),
+    p!("smtpd_timeout", "${stress?{10}:{300}}s", Time('s'), 1, MAXI, "time to wait for a client command or data", Yes),
+    // --- smtpd access policy -------------------------------------------------------------
+    p!("smtpd_client_restrictions", "", List, "restrictions at connect time", Instead("relais does not evaluate restriction lists yet: only relay control (permit_mynetworks, then reject_unauth_destination) is applied")),
+    p!("smtpd_data_restrictions", "", List, "restrictions at DATA", Instead("relais does not evaluate restriction lists yet: only relay control is applied")),
+    p!("smtpd_helo_restrictions", "", List, "restrictions at HELO/EHLO", Instead("relais does not evaluate restriction lists yet: only relay control is applied")),
+    p!("smtpd_recipient_restrictions", "", List, "restrictions at RCPT TO", Instead("relais does not evaluate restriction lists yet: only relay control (permit_mynetworks, then reject_unauth_destination) is applied")),
+    p!("smtpd_relay_restrictions", "${{$compatibility_level} <level {1} ? {} : {permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination}}", List, "relay control at RCPT TO", Yes),
+    p!("smtpd_sender_restrictions", "", List, "restrictions at MAIL FROM", Instead("relais does not evaluate restriction lists yet: only relay control is applied")),
+    // --- smtpd SASL ----------------------------------------------------------------------
+    p!("broken_sasl_auth_clients", "no", Bool, "also advertise AUTH=mech for old clients", No),
+    p!("smtpd_sasl_auth_enable", "no", Bool, "offer SMTP AUTH", Instead("relais has no SASL server yet: AUTH is not offered, so submission clients cannot authenticate")),
+    p!("smtpd_sasl_authenticated_header", "no", Bool, "name the SASL user in the Received: header", No),
+    p!("smtpd_sasl_local_domain", "", Str, "realm appended to SASL user names", No),
+    p!("smtpd_sasl_path", "smtpd", Str, "SASL server socket or configuration name", No),
+    p!("smtpd_sasl_security_options", "noanonymous", List, "SASL mechanism restrictions", No),
+    p!("smtpd_sasl_tls_security_options", "$smtpd_sasl_security_options", List, "SASL mechanism restrictions under TLS", No),
+    p!("smtpd_sasl_type", "cyrus", Str, "SASL server implementation (dovecot, or relais's built-in file)", No),
+    // --- smtpd TLS -----------------------------------------------------------------------
+    p!("smtpd_tls_auth_only", "no", Bool, "offer AUTH only after STARTTLS", No),
+    p!("smtpd_tls_cert_file", "", Str, "server certificate chain (PEM)", No),
+    p!("smtpd_tls_dh1024_param_file", "", Str, "DH parameters (rustls uses ECDHE and needs none)", Instead("rustls offers no finite-field DHE: relais uses ECDHE key exchange only, which is stronger")),
+    p!("smtpd_tls_exclude_ciphers", "", List, "ciphers to exclude", NO_CIPHERS),
+    p!("smtpd_tls_key_file", "$smtpd_tls_cert_file", Str, "server private key (PEM)", No),
+    p!("smtpd_tls_loglevel", "0", Int, 0, 4, "TLS logging level of smtpd", No),
+    p!("smtpd_tls_mandatory_ciphers", "medium", Str, "cipher grade for mandatory TLS", NO_CIPHERS),
+    p!("smtpd_tls_mandatory_protocols", "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1", List, "TLS versions for mandatory TLS", No),
+    p!("smtpd_tls_protocols", "!SSLv2, !SSLv3", List, "TLS versions offered", No),
+    p!("smtpd_tls_received_header", "no", Bool, "record TLS version and cipher in Received:", No),
+    p!("smtpd_tls_security_level", "", Str, "none, may or encrypt", Instead("relais has no TLS server yet: STARTTLS is not offered and mail is received in plaintext")),
+    p!("smtpd_tls_session_cache_database", "", Str, "TLS session cache (TLS 1.3 tickets make it unnecessary)", No),
+    p!("smtpd_tls_wrappermode", "no", Bool, "TLS from the first byte (smtps, port 465)", Instead("relais has no TLS server yet: an smtps service with wrapper mode is not started")),
+    p!("tls_medium_cipherlist", "aNULL:-aNULL:HIGH:MEDIUM:+RC4:@STRENGTH", Str, "OpenSSL cipher list of the medium grade", NO_CIPHERS),
+    p!("tls_preempt_cipherlist", "no", Bool, "server's cipher preference wins (rustls always uses its own order)", No),
+    p!("tls_random_source", "dev:/dev/urandom", Str, "entropy source (rustls uses the operating system's)", No),
+    // --- smtp / lmtp client TLS ----------------------------------------------------------
+    p!("smtp_tls_exclude_ciphers", "", List, "ciphers to exclude", NO_CIPHERS),
+    p!("smtp_tls_loglevel", "0", Int, 0, 4, "TLS logging level of the smtp client", No),
+    p!("smtp_tls_mandatory_ciphers", "medium", Str, "cipher grade for mandatory TLS", NO_CIPHERS),
+    p!("smtp_tls_mandatory_protocols", "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1", List, "TLS versions for mandatory TLS", No),
+    p!("smtp_tls_note_starttls_offer", "no", Bool, "log hosts that offer STARTTLS", No),
+    p!("smtp_tls_protocols", "!SSLv2, !SSLv3", List, "TLS versions used", No),
+    p!("smtp_tls_security_level", "", Str, "none, may, encrypt, verify, secure", Instead("relais has no outbound delivery yet: mail stays queued, nothing is sent in plaintext")),
+    p!("smtp_tls_session_cache_database", "", Str, "client TLS session cache", No),
+    // --- cleanup -------------------------------------------------------------------------
+    p!("always_add_missing_headers", "no", Bool, "add missing From:/To:/Date:/Message-ID: to mail from remote clients too", Yes),
+    p!("body_checks", "", List, "tables applied to each body line", Yes),
+    p!("header_checks", "", List, "tables applied to each primary header", Yes),
+    p!("mime_header_checks", "$header_checks", List, "tables applied to MIME headers", Yes),
+    p!("milter_default_action", "tempfail", Str, "what to do when a milter is unavailable", NO_MILTER),
+    p!("milter_macro_daemon_name", "$myhostname", Str, "{daemon_name} macro sent to milters", NO_MILTER),
+    p!("milter_protocol", "6", Str, "milter protocol version", NO_MILTER),
+    p!("non_smtpd_milters", "", List, "milters for locally submitted mail", NO_MILTER),
+    p!("smtpd_milters", "", List, "milters for mail received over SMTP", NO_MILTER),
+    // --- queue / qmgr --------------------------------------------------------------------
+    p!("bounce_queue_lifetime", "5d", Time('d'), 0, MAXI, "how long a bounce notice is retried", No),
+    p!("delay_warning_time", "0h", Time('h'), 0, MAXI, "when to warn the sender of a delay (0: never)", No),
+    p!("maximal_backoff_time", "4000s", Time('s'), 1, MAXI, "longest wait between delivery attempts", No),
+    p!("maximal_queue_lifetime", "5d", Time('d'), 0, MAXI, "how long a message is retried before it bounces", No),
+    p!("minimal_backoff_time", "300s", Time('s'), 1, MAXI, "shortest wait between delivery attempts", No),
+    p!("qmgr_message_active_limit", "20000", Int, 1, MAXI, "messages in the active queue at once", No),
+    p!("queue_run_delay", "300s", Time('s'), 1, MAXI, "how often the deferred queue is scanned", No),
+    // --- delivery (routing, local, virtual) ----------------------------------------------
+    p!("alias_database", "hash:/etc/aliases", List, "alias databases newaliases rebuilds", No),
+    p!("alias_maps", "hash:/etc/aliases, nis:mail.aliases", List, "alias tables for local recipients", No),
+    p!("default_transport", "smtp", Str, "transport for mail not otherwise routed", No),
+    p!("home_mailbox", "", Str, "mailbox path relative to a local user's home (ending in / means Maildir)", No),
+    p!("local_transport", "local:$myhostname", Str, "transport for mydestination", No),
+    p!("mailbox_size_limit", "51200000", Size, 0, MAXI, "largest mailbox file (0: no limit)", No),
+    p!("relay_transport", "relay", Str, "transport for relay_domains", No),
+    p!("transport_maps", "", List, "tables mapping recipients to transport:nexthop", No),
+    p!("virtual_alias_domains", "$virtual_alias_maps", List, "domains whose addresses are all aliases", No),
+    p!("virtual_alias_maps", "$virtual_maps", List, "tables rewriting recipients to other addresses", No),
+    p!("virtual_gid_maps", "", List, "group ID of virtual mailboxes", No),
+    p!("virtual_mailbox_base", "", Str, "prefix of every virtual mailbox path", No),
+    p!("virtual_mailbox_domains", "$virtual_mailbox_maps", List, "domains with virtual mailboxes", No),
+    p!("virtual_mailbox_maps", "", List, "tables giving each virtual recipient's mailbox path", No),
+    p!("virtual_maps", "", List, "obsolete name of virtual_alias_maps", No),
+    p!("virtual_minimum_uid", "100", Int, 1, MAXI, "smallest uid a virtual mailbox may be owned by", No),
+    p!("virtual_transport", "virtual", Str, "transport for virtual_mailbox_domains", No),
+    p!("virtual_uid_maps", "", List, "user ID of virtual mailboxes", No),
+];
+
+/// The table row for `name`, if relais knows it.
+pub fn lookup(name: &str) -> Option<&'static Param> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static INDEX: OnceLock<HashMap<&'static str, &'static Param>> = OnceLock::new();
+    INDEX
+        .get_or_init(|| PARAMS.iter().map(|p| (p.name, p)).collect())
+        .get(name)
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parameter_is_documented_once() {
+        let mut seen = std::collections::HashSet::new();
+        for p in PARAMS {
+            assert!(seen.insert(p.name), "{} twice in the table", p.name);
+            assert!(p.doc.len() > 10, "{} has no real doc", p.name);
+            assert!(p.min <= p.max, "{} has inverted bounds", p.name);
+        }
+    }
+}

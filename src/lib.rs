@@ -1,0 +1,17 @@
+//! relais: a mail transfer agent that reads Postfix's configuration and does Postfix's job.
+//!
+//! The library holds every daemon (one folder each, named as in master.cf) and the pieces they
+//! share; the binaries in `src/main.rs` and `tools/` are thin edges around it.
+
+pub mod cleanup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod envelope;
+pub mod log;
+pub mod master;
+pub mod pickup;
+pub mod queue;
+pub mod showq;
+pub mod smtpd;
+pub mod table;
