@@ -1,1 +1,79 @@
-//! (work in progress)
+//! NAME
+//!   master - the relais resident process
+//!
+//! SUMMARY
+//!   `relais start-fg` runs it in the foreground; `relais start` runs it in the background.
+//!
+//! DESCRIPTION
+//!   The master reads main.cf and master.cf, takes the queue directory's lock (a second master
+//!   on the same queue refuses to start), opens the queue, binds the control socket, and starts
+//!   one supervised actor (or pool sized by maxproc) per master.cf row whose command relais
+//!   implements. A service whose actor dies is restarted with exponential backoff (1 s to 60 s).
+//!   SIGHUP re-reads the configuration: unchanged rows keep their actors and sockets and get the
+//!   new settings; established sessions are not cut. SIGTERM/SIGINT stop listening, let sessions
+//!   finish (bounded), flush the queue and exit. Only this module starts actors and hands out
+//!   their addresses.
+//!
+//! QUEUES
+//!   None directly; at start the queue's own recovery moves `active` back to `incoming`.
+//!
+//! MESSAGES
+//!   Supervisor: `Reload`, `Shutdown`, `Status`.
+//!
+//! SECURITY
+//!   Runs unprivileged; never needs root for the default configuration (ports above 1024).
+//!
+//! CONFIGURATION PARAMETERS
+//!   queue_directory (/var/spool/postfix), maillog_file (), syslog_name (postfix),
+//!   default_process_limit (100), myhostname (system name)
+
+pub mod daemon;
+pub mod lock;
+pub mod services;
+pub mod supervisor;
+
+pub use supervisor::{ServiceHandle, ServiceSpec, Starter, Supervisor};
+
+use crate::config::{Config, Problem};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The queue directory named by the configuration, relative paths taken from the current
+/// directory (so the default conf/ can say `queue_directory = spool`).
+pub fn queue_dir(cfg: &Config) -> PathBuf {
+    PathBuf::from(cfg.get("queue_directory"))
+}
+
+/// Everything `relais check` reports, in file order; `fatal` ones make it exit non-zero.
+pub fn check(cfg: &Config) -> Vec<Problem> {
+    let mut out = cfg.check();
+    let q = queue_dir(cfg);
+    if let Err(e) = std::fs::create_dir_all(&q) {
+        out.push(Problem {
+            fatal: true,
+            text: format!("queue_directory {}: cannot create: {e}", q.display()),
+        });
+    } else if let Err(e) = tempfile_probe(&q) {
+        out.push(Problem {
+            fatal: true,
+            text: format!("queue_directory {}: not writable: {e}", q.display()),
+        });
+    }
+    out
+}
+
+fn tempfile_probe(dir: &Path) -> std::io::Result<()> {
+    let p = dir.join(format!(".relais-check-{}", std::process::id()));
+    std::fs::write(&p, b"")?;
+    std::fs::remove_file(&p)
+}

@@ -1,0 +1,98 @@
+//! The daemon's life: lock, log, runtime, services, signals, orderly exit.
+
+use actix::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::supervisor::{Reload, Shutdown, Supervisor};
+use super::{lock::PidLock, services, MasterError};
+use crate::config::Config;
+
+/// How long a graceful stop waits for services to wind down before the process exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn ready_path(queue: &Path) -> PathBuf {
+    queue.join("pid").join("master.ready")
+}
+
+/// True when the master holding the queue's lock has finished starting its services.
+pub fn ready(queue: &Path) -> bool {
+    match (
+        std::fs::read_to_string(ready_path(queue)),
+        super::lock::running_pid(queue),
+    ) {
+        (Ok(s), Some(pid)) => s.trim().parse::<u32>().ok() == Some(pid),
+        _ => false,
+    }
+}
+
+/// Runs the mail system until SIGTERM/SIGINT. `foreground`: log to standard error when
+/// maillog_file is empty (start-fg); the background start redirects that to a file.
+pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), MasterError> {
+    let cfg = Config::load(cfg_dir)?;
+    let queue = super::queue_dir(&cfg);
+    std::fs::create_dir_all(&queue)
+        .map_err(|e| MasterError::Setup(format!("{}: {e}", queue.display())))?;
+    let sink = crate::log::open_sink(&cfg.get("maillog_file")).map_err(|e| {
+        MasterError::Setup(format!("maillog_file {}: {e}", cfg.get("maillog_file")))
+    })?;
+    let master_tag = crate::log::tag(&cfg.get("syslog_name"), "master");
+    crate::log::init(&cfg.get("myhostname"), &master_tag, sink, verbose);
+    let lock = PidLock::acquire(&queue)?;
+    for p in cfg.check() {
+        tracing::warn!("{}", p.text);
+    }
+
+    let sys = System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("relais")
+            .build()
+            .expect("tokio runtime")
+    });
+    let result: Result<(), MasterError> = sys.block_on(async {
+        let shared = services::Shared::open(&cfg).await?;
+        let specs = services::load_specs(&cfg)?;
+        let sup = Supervisor::new(cfg.clone(), specs, services::starter(shared.clone())).start();
+        tracing::info!(
+            "daemon started -- version {}, configuration {}",
+            env!("CARGO_PKG_VERSION"),
+            cfg.dir.display()
+        );
+        let _ = std::fs::write(ready_path(&queue), format!("{}\n", std::process::id()));
+
+        let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    match Config::load(&cfg.dir).and_then(|c| Ok((services::load_specs(&c).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?, c))) {
+                        Ok((specs, c)) => {
+                            tracing::info!("reload -- version {}, configuration {}", env!("CARGO_PKG_VERSION"), c.dir.display());
+                            shared.reload(&c);
+                            sup.do_send(Reload { base: c, services: specs });
+                        }
+                        Err(e) => tracing::warn!("reload: {e}; keeping the running configuration"),
+                    }
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("terminating on signal");
+        let _ = sup.send(Shutdown).await;
+        shared.shutdown(STOP_GRACE).await;
+        Ok(())
+    });
+    let _ = std::fs::remove_file(ready_path(&queue));
+    drop(lock);
+    result
+}
+
+fn signal(
+    kind: tokio::signal::unix::SignalKind,
+) -> Result<tokio::signal::unix::Signal, MasterError> {
+    tokio::signal::unix::signal(kind)
+        .map_err(|e| MasterError::Setup(format!("signal handler: {e}")))
+}
