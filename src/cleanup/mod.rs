@@ -1,1 +1,33 @@
-//! (work in progress)
+//! NAME
+//!   cleanup - canonicalise and enqueue a message
+//!
+//! SUMMARY
+//!   Receives complete messages from smtpd and pickup, and writes them into the queue.
+//!
+//! DESCRIPTION
+//!   cleanup removes Return-Path: (and Bcc: from local submissions), applies header_checks,
+//!   mime_header_checks and body_checks with Postfix's actions (IGNORE, REJECT, WARN, INFO, HOLD,
+//!   DISCARD, PREPEND, REPLACE, REDIRECT, FILTER, BCC, DUNNO/OK), adds Postfix's Received:
+//!   header with the queue ID, and adds Date:, Message-ID: and From: where missing for local
+//!   submissions (and remote ones with always_add_missing_headers). It then writes the queue
+//!   record in one durable transaction and only then answers the submitter, who only then
+//!   answers 250 to its client.
+//!
+//! QUEUES
+//!   (new) → incoming, or → hold (HOLD action); a DISCARD never reaches the queue.
+//!
+//! MESSAGES
+//!   Handles `Enqueue` (from smtpd and pickup), answers `Result<Outcome, CleanupError>`.
+//!
+//! SECURITY
+//!   Content is untrusted: headers are bounded by header_size_limit, lines by the submitter's
+//!   line_length_limit; nothing here panics on malformed input.
+//!
+//! CONFIGURATION PARAMETERS
+//!   header_checks (), mime_header_checks ($header_checks), body_checks (),
+//!   always_add_missing_headers (no), header_size_limit (102400), myhostname, myorigin,
+//!   mail_name (relais)
+
+pub mod checks;
+pub mod headers;
+pub mod message;
