@@ -1,0 +1,221 @@
+//! Test harness: a relais instance on a temporary directory, started as the real binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn bin(name: &str) -> PathBuf {
+    // Cargo builds every [[bin]] of the package for integration tests, next to the test binary.
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join(name)
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Instance {
+    pub dir: tempfile::TempDir,
+    pub smtp_port: u16,
+    pub submission_port: u16,
+    pub started: bool,
+}
+
+impl Instance {
+    /// The default conf/, with queue_directory and ports moved into a temporary directory.
+    pub fn new() -> Instance {
+        Self::with_main_cf_extra("")
+    }
+
+    pub fn with_main_cf_extra(extra: &str) -> Instance {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        let q = dir.path().join("spool");
+        let main = std::fs::read_to_string(root.join("conf/main.cf")).unwrap();
+        let main = main
+            .replace(
+                "queue_directory = spool",
+                &format!("queue_directory = {}", q.display()),
+            )
+            .replace(
+                "data_directory = spool/data",
+                &format!("data_directory = {}/data", q.display()),
+            )
+            .replace(
+                "maillog_file = spool/maillog",
+                &format!("maillog_file = {}/maillog", q.display()),
+            )
+            .replace(
+                "virtual_mailbox_base = spool/mailboxes",
+                &format!("virtual_mailbox_base = {}/mailboxes", q.display()),
+            )
+            .replace(
+                "regexp:conf/virtual_mailbox",
+                &format!("regexp:{}/virtual_mailbox", conf.display()),
+            );
+        std::fs::write(conf.join("main.cf"), format!("{main}\n{extra}\n")).unwrap();
+        std::fs::copy(
+            root.join("conf/virtual_mailbox"),
+            conf.join("virtual_mailbox"),
+        )
+        .unwrap();
+        let (smtp_port, submission_port, smtps_port) = (free_port(), free_port(), free_port());
+        let master = std::fs::read_to_string(root.join("conf/master.cf")).unwrap();
+        let master = master
+            .replace("\n2525 ", &format!("\n{smtp_port} "))
+            .replace("\n2587 ", &format!("\n{submission_port} "))
+            .replace("\n2465 ", &format!("\n{smtps_port} "));
+        std::fs::write(conf.join("master.cf"), master).unwrap();
+        Instance {
+            dir,
+            smtp_port,
+            submission_port,
+            started: false,
+        }
+    }
+
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("conf")
+    }
+
+    pub fn queue(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Runs `relais -c conf <args>`.
+    pub fn relais(&self, args: &[&str]) -> Output {
+        Command::new(bin("relais"))
+            .arg("-c")
+            .arg(self.conf())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a tool with `-c conf`.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
+        Command::new(bin(name))
+            .arg("-c")
+            .arg(self.conf())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn start(&mut self) {
+        let out = self.relais(&["start"]);
+        assert!(
+            out.status.success(),
+            "relais start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        self.started = true;
+    }
+
+    pub fn stop(&mut self) {
+        if self.started {
+            let out = self.relais(&["stop"]);
+            assert!(
+                out.status.success(),
+                "relais stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.started = false;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.queue().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.queue().join("pid/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.started {
+            if let Some(pid) = self.pid() {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// A minimal SMTP client for tests: send a line, read a complete (multi-line) reply.
+pub struct Smtp {
+    pub r: BufReader<TcpStream>,
+    pub w: TcpStream,
+}
+
+impl Smtp {
+    pub fn connect(port: u16) -> Smtp {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Smtp {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply()
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    pub fn read_to_end(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.r.read_to_string(&mut s);
+        s
+    }
+}
