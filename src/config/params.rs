@@ -95,6 +95,7 @@ pub static PARAMS: &[Param] = &[
     p!("config_directory", "/etc/postfix", Str, "directory holding main.cf and master.cf", Yes),
     p!("daemon_directory", "/usr/lib/postfix/sbin", Str, "where Postfix keeps its daemon programs (relais's daemons are built in)", No),
     p!("data_directory", "/var/lib/postfix", Str, "directory for caches and other writable data", Yes),
+    p!("default_database_type", "hash", Str, "table type postmap and newaliases use when none is given", Yes),
     p!("default_process_limit", "100", Int, 1, MAXI, "maxproc of a master.cf row that says -", Yes),
     p!("enable_long_queue_ids", "no", Bool, "use long, non-repeating queue IDs", Yes),
     p!("import_environment", "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C", List, "environment variables kept for child processes", No),
