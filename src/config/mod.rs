@@ -5,8 +5,10 @@
 //! read what they need once, when they start or reload, through the typed getters; every name
 //! they read must be in [`params::PARAMS`] (a test checks the source for it).
 
+pub mod edit;
 pub mod expand;
 pub mod main_cf;
+pub mod master_cf;
 pub mod params;
 
 use indexmap::IndexMap;
