@@ -222,6 +222,22 @@ fn golden_listing_sorted(stdout: &str) -> String {
     out
 }
 
+/// sled releases its file lock from a background thread after the last handle is dropped;
+/// wait (bounded) until a tool could take it, as it could once a real daemon has exited.
+fn wait_unlocked(qdir: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(qdir.join("db").join("db")).unwrap();
+    for _ in 0..200 {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("queue database still locked");
+}
+
 /// A dead socket file, so that connecting says "Connection refused" as in the captures.
 fn stale_socket(e: &Env) {
     let p = control::socket_path(&e.qdir);
@@ -236,6 +252,7 @@ fn stopped_daemon_tools_use_the_queue_directly() {
         let q = Queue::open(&e.qdir, false).unwrap();
         populate(&q);
     }
+    wait_unlocked(&e.qdir);
     stale_socket(&e);
     let warn = "postqueue: warning: Mail system is down -- accessing queue directly (Connect to the Postfix showq service: Connection refused)\n";
 

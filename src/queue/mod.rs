@@ -12,7 +12,8 @@
 //!   queue (state) is one of Postfix's queue names. Every state change goes through
 //!   [`Queue::transition`], one transaction each.
 //!
-//!   Durability: `commit` returns only after a flush that started after the write completed.
+//!   Durability: `commit` returns only after a flush that started after the write completed;
+//!   `transition` and `delete` likewise flush a change before returning it.
 //!   Concurrent committers share flushes (group commit): one of them at a time runs the
 //!   flush on a blocking thread and wakes every waiter whose write preceded that flush.
 //!
@@ -296,6 +297,7 @@ impl Queue {
 
     /// Recovery at open: active → incoming, undecodable → corrupt (with a warning).
     fn recover(&self) -> Result<(), QueueError> {
+        let mut changed = false;
         for (id, state) in self.inner.spool.all()? {
             let mut moved = None;
             self.inner.spool.update(&id, &mut |s: u8, bytes: &[u8]| {
@@ -316,9 +318,13 @@ impl Queue {
                     }
                 }
             })?;
+            changed |= moved.is_some();
             if let Some(Err(why)) = moved {
                 tracing::warn!("{id}: moved to corrupt queue: {why} (state {state})");
             }
+        }
+        if changed {
+            self.inner.spool.flush()?;
         }
         Ok(())
     }
@@ -494,42 +500,49 @@ impl Queue {
     ) -> Result<Option<Message>, QueueError> {
         let idc = id.to_string();
         let from = from.to_vec();
-        self.blocking(move |s| {
-            let mut before = None;
-            let mut err = None;
-            s.update(&idc, &mut |state: u8, bytes: &[u8]| {
-                before = None;
-                err = None;
-                let Some(q) = QueueName::from_byte(state) else {
-                    return Change::Keep;
-                };
-                if !from.contains(&q) {
-                    return Change::Keep;
-                }
-                let Ok(mut rec) = decode(&idc, bytes) else {
-                    return Change::Keep;
-                };
-                before = Some(Message {
-                    id: idc.clone(),
-                    queue: q,
-                    record: rec.clone(),
-                });
-                edit(&mut rec);
-                match encode(&rec) {
-                    Ok(b) => Change::Put(to.byte(), b),
-                    Err(e) => {
-                        before = None;
-                        err = Some(e);
-                        Change::Keep
+        let before = self
+            .blocking(move |s| {
+                let mut before = None;
+                let mut err = None;
+                s.update(&idc, &mut |state: u8, bytes: &[u8]| {
+                    before = None;
+                    err = None;
+                    let Some(q) = QueueName::from_byte(state) else {
+                        return Change::Keep;
+                    };
+                    if !from.contains(&q) {
+                        return Change::Keep;
                     }
+                    let Ok(mut rec) = decode(&idc, bytes) else {
+                        return Change::Keep;
+                    };
+                    before = Some(Message {
+                        id: idc.clone(),
+                        queue: q,
+                        record: rec.clone(),
+                    });
+                    edit(&mut rec);
+                    match encode(&rec) {
+                        Ok(b) => Change::Put(to.byte(), b),
+                        Err(e) => {
+                            before = None;
+                            err = Some(e);
+                            Change::Keep
+                        }
+                    }
+                })?;
+                match err {
+                    Some(e) => Err(e),
+                    None => Ok(before),
                 }
-            })?;
-            match err {
-                Some(e) => Err(e),
-                None => Ok(before),
-            }
-        })
-        .await
+            })
+            .await?;
+        // A change the caller acts on (an operator's answer, a delivery not to repeat)
+        // must survive a crash: flush it, sharing the flush with concurrent callers.
+        if before.is_some() {
+            self.durable().await?;
+        }
+        Ok(before)
     }
 
     /// Removes a message that is in one of `from`; returns its queue if it was removed.
@@ -540,21 +553,26 @@ impl Queue {
     ) -> Result<Option<QueueName>, QueueError> {
         let idc = id.to_string();
         let from = from.to_vec();
-        self.blocking(move |s| {
-            let mut gone = None;
-            s.update(&idc, &mut |state: u8, _: &[u8]| {
-                gone = None;
-                match QueueName::from_byte(state) {
-                    Some(q) if from.contains(&q) => {
-                        gone = Some(q);
-                        Change::Remove
+        let gone = self
+            .blocking(move |s| {
+                let mut gone = None;
+                s.update(&idc, &mut |state: u8, _: &[u8]| {
+                    gone = None;
+                    match QueueName::from_byte(state) {
+                        Some(q) if from.contains(&q) => {
+                            gone = Some(q);
+                            Change::Remove
+                        }
+                        _ => Change::Keep,
                     }
-                    _ => Change::Keep,
-                }
-            })?;
-            Ok(gone)
-        })
-        .await
+                })?;
+                Ok(gone)
+            })
+            .await?;
+        if gone.is_some() {
+            self.durable().await?;
+        }
+        Ok(gone)
     }
 
     /// `postsuper -h`: maildrop/incoming/active/deferred → hold.
