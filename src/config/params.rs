@@ -113,6 +113,7 @@ pub static PARAMS: &[Param] = &[
     p!("process_id", "", Str, "the process ID of the running daemon (read-only)", Yes),
     p!("process_name", "", Str, "the name of the running daemon (read-only)", Yes),
     p!("queue_directory", "/var/spool/postfix", Str, "where the queue (the sled database and control socket) lives", Yes),
+    p!("fast_flush_domains", "$relay_domains", List, "destinations whose deferred mail postqueue -s and ETRN may flush at once", Yes),
     p!("recipient_delimiter", "", Str, "characters that separate a user name from an address extension", Yes),
     p!("relay_domains", "${{$compatibility_level} <level {2} ? {$mydestination} : {}}", List, "domains relais relays mail to from anyone", Yes),
     p!("relayhost", "", Str, "next-hop for mail not delivered locally ([host]:port suppresses MX lookup)", Yes),

@@ -1,1 +1,705 @@
-//! (work in progress)
+//! NAME
+//!   queue - the persistent mail queue (one sled database)
+//!
+//! SUMMARY
+//!   `Queue::open($queue_directory)`; `commit`/`enqueue` a new message (durable on return);
+//!   `transition` it between Postfix's queues; `list`, `get`, `content`; operator actions
+//!   `hold`, `release`, `requeue`, `expire`, `delete`.
+//!
+//! DESCRIPTION
+//!   Every message is one record (envelope, origin, metadata; bincode 2) plus its content,
+//!   stored in a separate tree so that status updates never rewrite the body. The record's
+//!   queue (state) is one of Postfix's queue names. Every state change goes through
+//!   [`Queue::transition`], one transaction each.
+//!
+//!   Durability: `commit` returns only after a flush that started after the write completed;
+//!   `transition` and `delete` likewise flush a change before returning it.
+//!   Concurrent committers share flushes (group commit): one of them at a time runs the
+//!   flush on a blocking thread and wakes every waiter whose write preceded that flush.
+//!
+//!   Recovery at open: `active` goes back to `incoming` (the queue manager had it in
+//!   memory only), `maildrop` stays for pickup, and a record that cannot be decoded moves
+//!   to `corrupt` with a warning; nothing is lost and nothing panics.
+//!
+//! QUEUES
+//!   maildrop (local submissions, and `postsuper -r` as in Postfix), incoming, active,
+//!   deferred, hold, corrupt.
+//!
+//! SECURITY
+//!   Only the daemon opens the database while it runs (sled's lock); tools go through
+//!   `crate::control`.
+//!
+//! CONFIGURATION PARAMETERS
+//!   queue_directory (/var/spool/postfix): the database is `$queue_directory/db`.
+//!   enable_long_queue_ids (no): long, time-ordered queue IDs.
+
+pub mod id;
+pub mod spool;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::envelope::{Envelope, Origin, RcptStatus};
+pub use spool::{Change, MemSpool, SledSpool, Spool, SpoolError};
+
+/// Postfix's queue names, used as the states of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueName {
+    Maildrop,
+    Incoming,
+    Active,
+    Deferred,
+    Hold,
+    Corrupt,
+}
+
+impl QueueName {
+    pub const ALL: [QueueName; 6] = [
+        QueueName::Maildrop,
+        QueueName::Incoming,
+        QueueName::Active,
+        QueueName::Deferred,
+        QueueName::Hold,
+        QueueName::Corrupt,
+    ];
+
+    /// The order in which Postfix's showq lists the queues.
+    pub const SHOWQ_ORDER: [QueueName; 5] = [
+        QueueName::Maildrop,
+        QueueName::Incoming,
+        QueueName::Active,
+        QueueName::Deferred,
+        QueueName::Hold,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Maildrop => "maildrop",
+            QueueName::Incoming => "incoming",
+            QueueName::Active => "active",
+            QueueName::Deferred => "deferred",
+            QueueName::Hold => "hold",
+            QueueName::Corrupt => "corrupt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<QueueName> {
+        QueueName::ALL.into_iter().find(|q| q.as_str() == s)
+    }
+
+    /// The state byte stored in front of each record.
+    pub fn byte(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_byte(b: u8) -> Option<QueueName> {
+        QueueName::ALL.get(usize::from(b)).copied()
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Bookkeeping that is not part of the envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Meta {
+    /// Arrival time, seconds since the epoch (`message_arrival_time`).
+    pub arrival_time: i64,
+    /// Arrival time's microseconds (Postfix keeps them; kept for postcat).
+    pub arrival_usec: u32,
+    /// Content size in bytes (`message_size` in postqueue).
+    pub size: u64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt, seconds since the epoch (0: now).
+    pub next_attempt: i64,
+    /// Reason of the last deferral, for the whole message.
+    pub last_reason: Option<String>,
+    /// Set by `postsuper -f`: the next delivery attempt returns the message as expired.
+    pub forced_expire: bool,
+}
+
+/// One queued message, without its content.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub envelope: Envelope,
+    pub origin: Origin,
+    pub meta: Meta,
+}
+
+/// A record with its queue ID and queue, as listing and `get` return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: String,
+    pub queue: QueueName,
+    pub record: Record,
+}
+
+/// Something the queue manager may want to act on. Sent best-effort: the queue is the
+/// truth, and a queue manager that misses an event finds the message on its next scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueEvent {
+    /// A new message in maildrop (for pickup).
+    NewMaildrop(String),
+    /// A new message in incoming (for qmgr).
+    NewIncoming(String),
+    /// `postqueue -f`: attempt every deferred message now.
+    Flush,
+    /// `postqueue -s site`.
+    FlushSite(String),
+    /// `postqueue -i id`.
+    DeliverOne(String),
+    /// Messages moved by `postsuper -r`/`-H`/`-f`.
+    Requeued,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("encode queue record: {0}")]
+    Encode(String),
+    #[error("queue file {0}: cannot decode record: {1}")]
+    Corrupt(String, String),
+    #[error("invalid mail queue id: {0}")]
+    InvalidId(String),
+    #[error("queue id {0} already exists")]
+    Exists(String),
+    #[error("open queue {0}: {1}")]
+    Open(String, String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a record (bincode 2 through serde).
+pub fn encode(rec: &Record) -> Result<Vec<u8>, QueueError> {
+    bincode::serde::encode_to_vec(rec, bincode_config())
+        .map_err(|e| QueueError::Encode(e.to_string()))
+}
+
+/// Decodes a record; trailing bytes count as corruption.
+pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, QueueError> {
+    match bincode::serde::decode_from_slice::<Record, _>(bytes, bincode_config()) {
+        Ok((rec, n)) if n == bytes.len() => Ok(rec),
+        Ok(_) => Err(QueueError::Corrupt(id.into(), "trailing bytes".into())),
+        Err(e) => Err(QueueError::Corrupt(id.into(), e.to_string())),
+    }
+}
+
+/// Seconds and microseconds since the epoch.
+pub fn now() -> (i64, u32) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_micros())
+}
+
+/// Group-commit bookkeeping: `written` counts completed writes, `flushed` (a watch channel
+/// so waiters cannot miss a wake-up) the highest write number known durable.
+struct Commit {
+    state: Mutex<CommitState>,
+    flushed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct CommitState {
+    written: u64,
+    flushing: bool,
+}
+
+struct Inner {
+    spool: Arc<dyn Spool>,
+    long_ids: bool,
+    commit: Commit,
+    events: Mutex<Option<mpsc::Sender<QueueEvent>>>,
+}
+
+/// The queue. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl Queue {
+    /// Wraps a spool and runs recovery (blocking: call at start-up, or in spawn_blocking).
+    pub fn with_spool(spool: Arc<dyn Spool>, long_ids: bool) -> Result<Queue, QueueError> {
+        let (tx, _) = watch::channel(0);
+        let q = Queue {
+            inner: Arc::new(Inner {
+                spool,
+                long_ids,
+                commit: Commit {
+                    state: Mutex::new(CommitState::default()),
+                    flushed: tx,
+                },
+                events: Mutex::new(None),
+            }),
+        };
+        q.recover()?;
+        Ok(q)
+    }
+
+    /// An in-memory queue for tests.
+    pub fn memory() -> Queue {
+        // Recovery on an empty memory spool cannot fail.
+        Self::with_spool(Arc::new(MemSpool::new()), false)
+            .unwrap_or_else(|_| unreachable!("empty memory spool"))
+    }
+
+    /// Opens `$queue_directory/db` (blocking). Fails while another process (the daemon)
+    /// holds the database.
+    pub fn open(queue_directory: &Path, long_ids: bool) -> Result<Queue, QueueError> {
+        let path = queue_directory.join("db");
+        let spool = SledSpool::open(&path)
+            .map_err(|e| QueueError::Open(path.display().to_string(), e.to_string()))?;
+        Self::with_spool(Arc::new(spool), long_ids)
+    }
+
+    /// Opens the queue named by a configuration (`queue_directory`, `enable_long_queue_ids`).
+    pub fn open_config(cfg: &crate::config::Config) -> Result<Queue, QueueError> {
+        Self::open(
+            Path::new(&cfg.get("queue_directory")),
+            cfg.get_bool("enable_long_queue_ids"),
+        )
+    }
+
+    /// Where events go (qmgr's or pickup's inbox). Without one, events are dropped.
+    pub fn set_events(&self, tx: mpsc::Sender<QueueEvent>) {
+        if let Ok(mut g) = self.inner.events.lock() {
+            *g = Some(tx);
+        }
+    }
+
+    /// Tells the queue manager something happened (best effort, never blocks).
+    pub fn notify(&self, ev: QueueEvent) {
+        if let Ok(g) = self.inner.events.lock() {
+            if let Some(tx) = g.as_ref() {
+                let _ = tx.try_send(ev);
+            }
+        }
+    }
+
+    pub fn spool(&self) -> &Arc<dyn Spool> {
+        &self.inner.spool
+    }
+
+    /// Recovery at open: active → incoming, undecodable → corrupt (with a warning).
+    fn recover(&self) -> Result<(), QueueError> {
+        let mut changed = false;
+        for (id, state) in self.inner.spool.all()? {
+            let mut moved = None;
+            self.inner.spool.update(&id, &mut |s: u8, bytes: &[u8]| {
+                let q = QueueName::from_byte(s);
+                match (q, decode(&id, bytes)) {
+                    (Some(QueueName::Corrupt), _) => Change::Keep,
+                    (Some(q), Ok(_)) if q != QueueName::Active => Change::Keep,
+                    (Some(_), Ok(_)) => {
+                        moved = Some(Ok(()));
+                        Change::Put(QueueName::Incoming.byte(), bytes.to_vec())
+                    }
+                    (_, res) => {
+                        moved = Some(Err(res
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_else(|| format!("unknown queue state {s}"))));
+                        Change::Put(QueueName::Corrupt.byte(), bytes.to_vec())
+                    }
+                }
+            })?;
+            changed |= moved.is_some();
+            if let Some(Err(why)) = moved {
+                tracing::warn!("{id}: moved to corrupt queue: {why} (state {state})");
+            }
+        }
+        if changed {
+            self.inner.spool.flush()?;
+        }
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Spool) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let spool = self.inner.spool.clone();
+        tokio::task::spawn_blocking(move || f(spool.as_ref()))
+            .await
+            .map_err(|e| QueueError::Join(e.to_string()))?
+    }
+
+    /// A fresh queue ID (unique across restarts; see [`id`]).
+    pub async fn new_id(&self) -> Result<String, QueueError> {
+        let long = self.inner.long_ids;
+        self.blocking(move |s| Ok(id::make(s.generate_id()?, long)))
+            .await
+    }
+
+    /// Stores a new message under `id` in `queue` (normally maildrop or incoming) and
+    /// returns once it is on disk. `meta.size` is set from the content; an arrival time of
+    /// 0 becomes now.
+    pub async fn commit(
+        &self,
+        id: &str,
+        queue: QueueName,
+        mut record: Record,
+        content: Vec<u8>,
+    ) -> Result<(), QueueError> {
+        if !id::valid(id) {
+            return Err(QueueError::InvalidId(id.into()));
+        }
+        record.meta.size = content.len() as u64;
+        if record.meta.arrival_time == 0 {
+            let (s, us) = now();
+            record.meta.arrival_time = s;
+            record.meta.arrival_usec = us;
+        }
+        let bytes = encode(&record)?;
+        let idc = id.to_string();
+        let stored = self
+            .blocking(move |s| Ok(s.insert(&idc, queue.byte(), &bytes, &content)?))
+            .await?;
+        if !stored {
+            return Err(QueueError::Exists(id.into()));
+        }
+        self.durable().await?;
+        self.notify(match queue {
+            QueueName::Maildrop => QueueEvent::NewMaildrop(id.into()),
+            _ => QueueEvent::NewIncoming(id.into()),
+        });
+        Ok(())
+    }
+
+    /// New ID + [`commit`](Self::commit); the ID is returned once the message is on disk.
+    pub async fn enqueue(
+        &self,
+        queue: QueueName,
+        record: Record,
+        content: Vec<u8>,
+    ) -> Result<String, QueueError> {
+        // A fresh counter value cannot collide, but retry a few times in case the 24-bit
+        // short-form counter wrapped onto a live ID in the same microsecond.
+        for _ in 0..8 {
+            let id = self.new_id().await?;
+            match self
+                .commit(&id, queue, record.clone(), content.clone())
+                .await
+            {
+                Err(QueueError::Exists(_)) => continue,
+                other => return other.map(|()| id),
+            }
+        }
+        Err(QueueError::Exists("(eight collisions)".into()))
+    }
+
+    /// Returns once every write completed before this call is on disk (group commit).
+    pub async fn durable(&self) -> Result<(), QueueError> {
+        let commit = &self.inner.commit;
+        let mut rx = commit.flushed.subscribe();
+        let target = {
+            let mut st = commit
+                .state
+                .lock()
+                .map_err(|_| QueueError::Join("commit lock poisoned".into()))?;
+            st.written += 1;
+            st.written
+        };
+        // Bounded: each round either flushes (making progress) or waits for the current
+        // flush, which covers or precedes our write.
+        loop {
+            if *rx.borrow_and_update() >= target {
+                return Ok(());
+            }
+            let lead = {
+                let mut st = commit
+                    .state
+                    .lock()
+                    .map_err(|_| QueueError::Join("commit lock poisoned".into()))?;
+                if st.flushing {
+                    None
+                } else {
+                    st.flushing = true;
+                    Some(st.written)
+                }
+            };
+            match lead {
+                Some(upto) => {
+                    let res = self.blocking(|s| Ok(s.flush()?)).await;
+                    if let Ok(mut st) = commit.state.lock() {
+                        st.flushing = false;
+                    }
+                    match res {
+                        Ok(()) => {
+                            commit.flushed.send_modify(|v| *v = (*v).max(upto));
+                        }
+                        Err(e) => {
+                            // Wake the others so one of them retries the flush.
+                            commit.flushed.send_modify(|_| {});
+                            return Err(e);
+                        }
+                    }
+                }
+                None => {
+                    if rx.changed().await.is_err() {
+                        return Err(QueueError::Join("commit channel closed".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One message without content; a corrupt record is an error, a missing one None.
+    pub async fn get(&self, id: &str) -> Result<Option<Message>, QueueError> {
+        let idc = id.to_string();
+        self.blocking(move |s| get_sync(s, &idc)).await
+    }
+
+    /// The content of one message.
+    pub async fn content(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        let idc = id.to_string();
+        self.blocking(move |s| Ok(s.content(&idc)?)).await
+    }
+
+    /// Every decodable message in `queue`, in ID order (corrupt ones are skipped with a
+    /// warning).
+    pub async fn list(&self, queue: QueueName) -> Result<Vec<Message>, QueueError> {
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for id in s.ids(queue.byte())? {
+                match get_sync(s, &id) {
+                    Ok(Some(m)) if m.queue == queue => out.push(m),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The one place where a message changes queue or record: if it is in one of `from`,
+    /// `edit` may change the record, and it moves to `to` — one transaction. Returns the
+    /// message as it was before, or None if it is absent, in another queue, or corrupt.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[QueueName],
+        to: QueueName,
+        edit: impl Fn(&mut Record) + Send + 'static,
+    ) -> Result<Option<Message>, QueueError> {
+        let idc = id.to_string();
+        let from = from.to_vec();
+        let before = self
+            .blocking(move |s| {
+                let mut before = None;
+                let mut err = None;
+                s.update(&idc, &mut |state: u8, bytes: &[u8]| {
+                    before = None;
+                    err = None;
+                    let Some(q) = QueueName::from_byte(state) else {
+                        return Change::Keep;
+                    };
+                    if !from.contains(&q) {
+                        return Change::Keep;
+                    }
+                    let Ok(mut rec) = decode(&idc, bytes) else {
+                        return Change::Keep;
+                    };
+                    before = Some(Message {
+                        id: idc.clone(),
+                        queue: q,
+                        record: rec.clone(),
+                    });
+                    edit(&mut rec);
+                    match encode(&rec) {
+                        Ok(b) => Change::Put(to.byte(), b),
+                        Err(e) => {
+                            before = None;
+                            err = Some(e);
+                            Change::Keep
+                        }
+                    }
+                })?;
+                match err {
+                    Some(e) => Err(e),
+                    None => Ok(before),
+                }
+            })
+            .await?;
+        // A change the caller acts on (an operator's answer, a delivery not to repeat)
+        // must survive a crash: flush it, sharing the flush with concurrent callers.
+        if before.is_some() {
+            self.durable().await?;
+        }
+        Ok(before)
+    }
+
+    /// Removes a message that is in one of `from`; returns its queue if it was removed.
+    pub async fn delete(
+        &self,
+        id: &str,
+        from: &[QueueName],
+    ) -> Result<Option<QueueName>, QueueError> {
+        let idc = id.to_string();
+        let from = from.to_vec();
+        let gone = self
+            .blocking(move |s| {
+                let mut gone = None;
+                s.update(&idc, &mut |state: u8, _: &[u8]| {
+                    gone = None;
+                    match QueueName::from_byte(state) {
+                        Some(q) if from.contains(&q) => {
+                            gone = Some(q);
+                            Change::Remove
+                        }
+                        _ => Change::Keep,
+                    }
+                })?;
+                Ok(gone)
+            })
+            .await?;
+        if gone.is_some() {
+            self.durable().await?;
+        }
+        Ok(gone)
+    }
+
+    /// `postsuper -h`: maildrop/incoming/active/deferred → hold.
+    pub async fn hold(&self, id: &str) -> Result<bool, QueueError> {
+        use QueueName::*;
+        let r = self
+            .transition(id, &[Maildrop, Incoming, Active, Deferred], Hold, |_| {})
+            .await?;
+        Ok(r.is_some())
+    }
+
+    /// `postsuper -H`: hold → deferred, eligible for delivery now (as Postfix does).
+    pub async fn release(&self, id: &str) -> Result<bool, QueueError> {
+        let r = self
+            .transition(id, &[QueueName::Hold], QueueName::Deferred, |r| {
+                r.meta.next_attempt = 0
+            })
+            .await?;
+        if r.is_some() {
+            self.notify(QueueEvent::Requeued);
+        }
+        Ok(r.is_some())
+    }
+
+    /// `postsuper -r`: incoming/active/deferred/hold → maildrop, where pickup re-injects it
+    /// under a new ID (Postfix logs `orig_id=` then), re-running address rewriting.
+    pub async fn requeue(&self, id: &str) -> Result<bool, QueueError> {
+        use QueueName::*;
+        let r = self
+            .transition(id, &[Incoming, Active, Deferred, Hold], Maildrop, |_| {})
+            .await?;
+        if r.is_some() {
+            self.notify(QueueEvent::NewMaildrop(id.into()));
+        }
+        Ok(r.is_some())
+    }
+
+    /// `postsuper -f`: marks the message for expiry; held messages are released to
+    /// deferred. Returns (expired, released_from_hold).
+    pub async fn expire(&self, id: &str) -> Result<(bool, bool), QueueError> {
+        use QueueName::*;
+        let before = self.get(id).await?;
+        let Some(before) = before else {
+            return Ok((false, false));
+        };
+        let to = match before.queue {
+            Hold => Deferred,
+            q => q,
+        };
+        let r = self
+            .transition(id, &[Incoming, Active, Deferred, Hold], to, |r| {
+                r.meta.forced_expire = true;
+                r.meta.next_attempt = 0;
+            })
+            .await?;
+        match r {
+            Some(m) => {
+                self.notify(QueueEvent::Requeued);
+                Ok((true, m.queue == Hold))
+            }
+            None => Ok((false, false)),
+        }
+    }
+
+    /// `postqueue -i`: makes a deferred message due now.
+    pub async fn deliver_now(&self, id: &str) -> Result<bool, QueueError> {
+        let r = self
+            .transition(id, &[QueueName::Deferred], QueueName::Deferred, |r| {
+                r.meta.next_attempt = 0
+            })
+            .await?;
+        if r.is_some() {
+            self.notify(QueueEvent::DeliverOne(id.into()));
+        }
+        Ok(r.is_some())
+    }
+
+    /// Updates recipient statuses/reasons of a message in `queue` without moving it:
+    /// `edit` sees the whole record. Returns false when the message is not there.
+    pub async fn update(
+        &self,
+        id: &str,
+        queue: QueueName,
+        edit: impl Fn(&mut Record) + Send + 'static,
+    ) -> Result<bool, QueueError> {
+        Ok(self.transition(id, &[queue], queue, edit).await?.is_some())
+    }
+
+    /// Counts per queue (for status requests).
+    pub async fn counts(&self) -> Result<Vec<(QueueName, usize)>, QueueError> {
+        self.blocking(|s| {
+            let mut out = Vec::new();
+            for q in QueueName::ALL {
+                out.push((q, s.ids(q.byte())?.len()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// IDs in one queue (cheap: no decoding).
+    pub async fn ids(&self, queue: QueueName) -> Result<Vec<String>, QueueError> {
+        self.blocking(move |s| Ok(s.ids(queue.byte())?)).await
+    }
+}
+
+fn get_sync(s: &dyn Spool, id: &str) -> Result<Option<Message>, QueueError> {
+    let Some((state, bytes)) = s.get(id)? else {
+        return Ok(None);
+    };
+    let queue = QueueName::from_byte(state)
+        .ok_or_else(|| QueueError::Corrupt(id.into(), format!("unknown queue state {state}")))?;
+    let record = decode(id, &bytes)?;
+    Ok(Some(Message {
+        id: id.into(),
+        queue,
+        record,
+    }))
+}
+
+/// True when some recipient is still to be delivered.
+pub fn has_pending(rec: &Record) -> bool {
+    rec.envelope
+        .recipients
+        .iter()
+        .any(|r| r.status == RcptStatus::Pending)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! The wire format: one JSON object per line. A request or response that carries message
+//! content (maildrop submission, postcat fetch) says `content_length` and is followed by
+//! exactly that many raw bytes, so bodies cross without base64 inflation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Envelope, Origin};
+use crate::queue::{Meta, QueueName};
+
+/// Largest request line accepted (the envelope of a big submission fits easily).
+pub const MAX_LINE: usize = 4 * 1024 * 1024;
+
+/// Largest content accepted on the socket whatever the handler's own limit (which is
+/// usually `message_size_limit`, far smaller).
+pub const MAX_CONTENT: u64 = 1 << 30;
+
+/// What `postsuper` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuperOp {
+    Delete,
+    Hold,
+    Release,
+    Requeue,
+    Expire,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// Counts per queue.
+    Status,
+    /// Every message of the showq queues (postqueue -p / -j).
+    List,
+    /// postqueue -f.
+    Flush,
+    /// postqueue -s site.
+    FlushSite {
+        site: String,
+    },
+    /// postqueue -i id.
+    DeliverOne {
+        id: String,
+    },
+    /// postsuper: `ids` None means ALL; `queues` limits where to look (empty: the default
+    /// queues of that operation, as in Postfix).
+    Super {
+        action: SuperOp,
+        ids: Option<Vec<String>>,
+        queues: Vec<QueueName>,
+    },
+    /// postcat -q id: the response carries the content.
+    Fetch {
+        id: String,
+    },
+    /// sendmail/postdrop: a new message for maildrop; `content_length` bytes follow.
+    Submit {
+        envelope: Envelope,
+        origin: Origin,
+        content_length: u64,
+    },
+}
+
+/// One message as listed by showq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub queue_name: QueueName,
+    pub queue_id: String,
+    pub arrival_time: i64,
+    pub message_size: u64,
+    pub forced_expire: bool,
+    /// Empty for the null sender.
+    pub sender: String,
+    /// Pending recipients with their delay reasons.
+    pub recipients: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Pong {
+        version: String,
+    },
+    Status {
+        counts: Vec<(QueueName, usize)>,
+    },
+    List {
+        entries: Vec<Entry>,
+    },
+    Ok,
+    /// postsuper: the IDs acted on, and for `expire` those also released from hold.
+    Done {
+        ids: Vec<String>,
+        released: Vec<String>,
+    },
+    /// postcat: the record; `content_length` bytes follow.
+    Message {
+        id: String,
+        queue: QueueName,
+        envelope: Envelope,
+        origin: Origin,
+        meta: Meta,
+        content_length: u64,
+    },
+    Queued {
+        id: String,
+    },
+    /// `code` is the sysexits code the tool should exit with.
+    Error {
+        code: i32,
+        message: String,
+    },
+}

@@ -1,0 +1,452 @@
+//! The daemon side of the control socket.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::proto::{Entry, Request, Response, SuperOp, MAX_CONTENT, MAX_LINE};
+use crate::cli::exit;
+use crate::envelope::RcptStatus;
+use crate::queue::{Message, Queue, QueueEvent, QueueName, Record};
+
+/// How long a client may take to send one request (line and content).
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Who is on the other end (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    /// This process, for direct (no daemon) use.
+    pub fn me() -> Peer {
+        // SAFETY: getuid/getpid cannot fail and touch no memory.
+        let (uid, pid) = unsafe { (libc::getuid(), libc::getpid()) };
+        Peer {
+            uid: Some(uid),
+            pid: Some(pid),
+        }
+    }
+}
+
+pub type Reply<'a> = Pin<Box<dyn Future<Output = (Response, Option<Vec<u8>>)> + Send + 'a>>;
+
+/// Answers control requests. `serve` has already checked privileges and read any content.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, peer: Peer, req: Request, content: Option<Vec<u8>>) -> Reply<'_>;
+}
+
+/// Requests only root or the daemon's own uid may make.
+fn privileged(req: &Request) -> bool {
+    matches!(req, Request::Super { .. } | Request::Fetch { .. })
+}
+
+fn allowed(peer: &Peer) -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    matches!(peer.uid, Some(0)) || peer.uid == Some(me)
+}
+
+/// Creates `$queue_directory/public/` and binds the control socket there (mode 0666),
+/// replacing a stale socket file. For the master.
+pub fn bind(queue_directory: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = super::socket_path(queue_directory);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    // A socket file left by a dead daemon would make bind fail; the caller holds the queue
+    // lock, so no live daemon owns it.
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+/// Accepts connections forever, one task each. Returns only if accept fails hard.
+pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let h = handler.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, h).await {
+                        tracing::debug!("control connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept: {e}");
+                // Out of descriptors and similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write_reply(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    resp: &Response,
+    content: Option<&[u8]>,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    if let Some(c) = content {
+        w.write_all(c).await?;
+    }
+    w.flush().await
+}
+
+async fn connection(stream: UnixStream, handler: Arc<dyn Handler>) -> std::io::Result<()> {
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: Some(c.uid()),
+            pid: c.pid(),
+        },
+        Err(_) => Peer {
+            uid: None,
+            pid: None,
+        },
+    };
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    // Bounded: each request needs a new line from the client within READ_TIMEOUT.
+    loop {
+        let mut line = Vec::new();
+        let n = tokio::time::timeout(
+            READ_TIMEOUT,
+            (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timeout"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let resp = Response::Error {
+                code: exit::EX_DATAERR,
+                message: "request line too long".into(),
+            };
+            return write_reply(&mut w, &resp, None).await;
+        }
+        let req: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let resp = Response::Error {
+                    code: exit::EX_DATAERR,
+                    message: format!("bad request: {e}"),
+                };
+                return write_reply(&mut w, &resp, None).await;
+            }
+        };
+        let mut content = None;
+        if let Request::Submit { content_length, .. } = &req {
+            // Read the bytes even if we refuse, so that a later request stays in sync.
+            let len = *content_length;
+            if len > MAX_CONTENT {
+                let resp = Response::Error {
+                    code: exit::EX_DATAERR,
+                    message: "message too large".into(),
+                };
+                return write_reply(&mut w, &resp, None).await;
+            }
+            // Grows as bytes arrive, so a lying length costs nothing up front.
+            let mut buf = Vec::new();
+            tokio::time::timeout(READ_TIMEOUT, (&mut r).take(len).read_to_end(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timeout"))??;
+            if buf.len() as u64 != len {
+                return Ok(());
+            }
+            content = Some(buf);
+        }
+        let (resp, body) = if privileged(&req) && !allowed(&peer) {
+            (
+                Response::Error {
+                    code: exit::EX_NOPERM,
+                    message: "Permission denied".into(),
+                },
+                None,
+            )
+        } else {
+            handler.handle(peer, req, content).await
+        };
+        write_reply(&mut w, &resp, body.as_deref()).await?;
+    }
+}
+
+/// The default handler: answers from the queue store and tells the queue manager through
+/// the queue's event hook.
+pub struct QueueHandler {
+    pub queue: Queue,
+    /// `fast_flush_domains`, lower-cased.
+    pub fast_flush_domains: Vec<String>,
+    /// `message_size_limit` (0: no limit).
+    pub message_size_limit: u64,
+}
+
+impl QueueHandler {
+    pub fn new(queue: Queue, cfg: &crate::config::Config) -> QueueHandler {
+        QueueHandler {
+            queue,
+            fast_flush_domains: cfg
+                .get_list("fast_flush_domains")
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            message_size_limit: cfg.get_size("message_size_limit"),
+        }
+    }
+
+    /// Postfix's domain-list match: the domain itself, or a parent given as `.parent`
+    /// (or plainly, as parent_domain_matches_subdomains does for fast_flush_domains).
+    fn fast_flush(&self, site: &str) -> bool {
+        let site = site.to_ascii_lowercase();
+        self.fast_flush_domains.iter().any(|d| {
+            let d = d.trim_start_matches('.');
+            site == d || site.ends_with(&format!(".{d}"))
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<Entry>, crate::queue::QueueError> {
+        let mut out = Vec::new();
+        for q in QueueName::SHOWQ_ORDER {
+            for m in self.queue.list(q).await? {
+                out.push(entry(&m));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn superop(
+        &self,
+        action: SuperOp,
+        ids: Option<Vec<String>>,
+        queues: Vec<QueueName>,
+    ) -> Result<Response, crate::queue::QueueError> {
+        use QueueName::*;
+        let queues = if queues.is_empty() {
+            match action {
+                SuperOp::Release => vec![Hold],
+                _ => vec![Hold, Incoming, Active, Deferred],
+            }
+        } else {
+            queues
+        };
+        let targets = match ids {
+            Some(ids) => ids,
+            None => {
+                let mut all = Vec::new();
+                for q in &queues {
+                    all.extend(self.queue.ids(*q).await?);
+                }
+                all
+            }
+        };
+        let mut done = Vec::new();
+        let mut released = Vec::new();
+        let mut requeued = false;
+        for id in targets {
+            let ok = match action {
+                SuperOp::Delete => self.queue.delete(&id, &queues).await?.is_some(),
+                SuperOp::Hold => {
+                    let from: Vec<_> = queues.iter().copied().filter(|q| *q != Hold).collect();
+                    self.queue
+                        .transition(&id, &from, Hold, |_| {})
+                        .await?
+                        .is_some()
+                }
+                SuperOp::Release => queues.contains(&Hold) && self.queue.release(&id).await?,
+                SuperOp::Requeue => {
+                    let from: Vec<_> = queues
+                        .iter()
+                        .copied()
+                        .filter(|q| *q != Maildrop && *q != Corrupt)
+                        .collect();
+                    let r = self
+                        .queue
+                        .transition(&id, &from, Maildrop, |_| {})
+                        .await?
+                        .is_some();
+                    requeued |= r;
+                    r
+                }
+                SuperOp::Expire => {
+                    let Some(m) = self.queue.get(&id).await.ok().flatten() else {
+                        continue;
+                    };
+                    if !queues.contains(&m.queue) {
+                        continue;
+                    }
+                    let (e, rel) = self.queue.expire(&id).await?;
+                    if rel {
+                        released.push(id.clone());
+                    }
+                    e
+                }
+            };
+            if ok {
+                done.push(id);
+            }
+        }
+        if requeued {
+            self.queue.notify(QueueEvent::Requeued);
+        }
+        Ok(Response::Done {
+            ids: done,
+            released,
+        })
+    }
+}
+
+/// A message as showq lists it: pending recipients only, with their delay reasons.
+pub fn entry(m: &Message) -> Entry {
+    let Record { envelope, meta, .. } = &m.record;
+    Entry {
+        queue_name: m.queue,
+        queue_id: m.id.clone(),
+        arrival_time: meta.arrival_time,
+        message_size: meta.size,
+        forced_expire: meta.forced_expire,
+        sender: envelope.sender.clone(),
+        recipients: envelope
+            .recipients
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending)
+            .map(|r| (r.address.clone(), r.reason.clone()))
+            .collect(),
+    }
+}
+
+fn qerr(e: crate::queue::QueueError) -> Response {
+    Response::Error {
+        code: exit::EX_TEMPFAIL,
+        message: e.to_string(),
+    }
+}
+
+impl Handler for QueueHandler {
+    fn handle(&self, peer: Peer, req: Request, content: Option<Vec<u8>>) -> Reply<'_> {
+        Box::pin(async move {
+            match req {
+                Request::Ping => (
+                    Response::Pong {
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                    None,
+                ),
+                Request::Status => match self.queue.counts().await {
+                    Ok(counts) => (Response::Status { counts }, None),
+                    Err(e) => (qerr(e), None),
+                },
+                Request::List => match self.list().await {
+                    Ok(entries) => (Response::List { entries }, None),
+                    Err(e) => (qerr(e), None),
+                },
+                Request::Flush => {
+                    self.queue.notify(QueueEvent::Flush);
+                    (Response::Ok, None)
+                }
+                Request::FlushSite { site } => {
+                    if self.fast_flush(&site) {
+                        self.queue.notify(QueueEvent::FlushSite(site));
+                        (Response::Ok, None)
+                    } else {
+                        (
+                            Response::Error {
+                                code: exit::EX_UNAVAILABLE,
+                                message: format!(
+                                    "Flush service is not configured for destination \"{site}\""
+                                ),
+                            },
+                            None,
+                        )
+                    }
+                }
+                Request::DeliverOne { id } => {
+                    // Postfix's -i is silent whether or not the ID exists.
+                    match self.queue.deliver_now(&id).await {
+                        Ok(_) => (Response::Ok, None),
+                        Err(e) => (qerr(e), None),
+                    }
+                }
+                Request::Super {
+                    action,
+                    ids,
+                    queues,
+                } => match self.superop(action, ids, queues).await {
+                    Ok(r) => (r, None),
+                    Err(e) => (qerr(e), None),
+                },
+                Request::Fetch { id } => {
+                    let m = match self.queue.get(&id).await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => {
+                            return (
+                                Response::Error {
+                                    code: exit::FAIL,
+                                    message: format!(
+                                        "open queue file {id}: No such file or directory"
+                                    ),
+                                },
+                                None,
+                            )
+                        }
+                        Err(e) => return (qerr(e), None),
+                    };
+                    let body = match self.queue.content(&id).await {
+                        Ok(c) => c.unwrap_or_default(),
+                        Err(e) => return (qerr(e), None),
+                    };
+                    (
+                        Response::Message {
+                            id: m.id,
+                            queue: m.queue,
+                            envelope: m.record.envelope,
+                            origin: m.record.origin,
+                            meta: m.record.meta,
+                            content_length: body.len() as u64,
+                        },
+                        Some(body),
+                    )
+                }
+                Request::Submit {
+                    envelope,
+                    mut origin,
+                    ..
+                } => {
+                    let body = content.unwrap_or_default();
+                    if self.message_size_limit > 0 && body.len() as u64 > self.message_size_limit {
+                        return (
+                            Response::Error {
+                                code: exit::EX_DATAERR,
+                                message: "message file too big".into(),
+                            },
+                            None,
+                        );
+                    }
+                    // The peer's credentials, not the client's word, say who submitted.
+                    origin.uid = peer.uid;
+                    let rec = Record {
+                        envelope,
+                        origin,
+                        meta: Default::default(),
+                    };
+                    match self.queue.enqueue(QueueName::Maildrop, rec, body).await {
+                        Ok(id) => (Response::Queued { id }, None),
+                        Err(e) => (qerr(e), None),
+                    }
+                }
+            }
+        })
+    }
+}

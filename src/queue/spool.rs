@@ -1,0 +1,311 @@
+//! The storage behind the queue: a small byte-level trait with a sled backend (production)
+//! and an in-memory backend (unit tests).
+//!
+//! A record value is one state byte followed by the bincode envelope record; content lives
+//! in its own tree so that status updates never rewrite the body. A third tree indexes
+//! `state byte + id` so that listing one queue does not scan the others. Every change is one
+//! transaction over the trees it touches.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+/// What an [`Spool::update`] callback decides for the record it was shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Leave the record as it is.
+    Keep,
+    /// Replace the record (new state byte, new record bytes); content is untouched.
+    Put(u8, Vec<u8>),
+    /// Remove the record and its content.
+    Remove,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Byte-level storage. Implementations are blocking; [`crate::queue::Queue`] calls them on
+/// blocking threads.
+pub trait Spool: Send + Sync + 'static {
+    /// Stores a new message; returns false (and stores nothing) when `id` already exists.
+    fn insert(
+        &self,
+        id: &str,
+        state: u8,
+        record: &[u8],
+        content: &[u8],
+    ) -> Result<bool, SpoolError>;
+    /// The state byte and record bytes of `id`.
+    fn get(&self, id: &str) -> Result<Option<(u8, Vec<u8>)>, SpoolError>;
+    /// The message content of `id`.
+    fn content(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError>;
+    /// IDs in one state, in ID order.
+    fn ids(&self, state: u8) -> Result<Vec<String>, SpoolError>;
+    /// Every ID with its state byte (recovery, listing everything).
+    fn all(&self) -> Result<Vec<(String, u8)>, SpoolError>;
+    /// Atomically shows the current record to `f` and applies its decision. `f` may run more
+    /// than once (transaction retry), so it must not have side effects. Returns the decision
+    /// applied, or None when `id` does not exist.
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Change,
+    ) -> Result<Option<Change>, SpoolError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), SpoolError>;
+    /// A number unique across restarts, for queue IDs.
+    fn generate_id(&self) -> Result<u64, SpoolError>;
+}
+
+fn index_key(state: u8, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(state);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// In-memory spool for unit tests: same semantics, no durability.
+#[derive(Default)]
+pub struct MemSpool {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    records: BTreeMap<String, (u8, Vec<u8>)>,
+    content: BTreeMap<String, Vec<u8>>,
+    counter: u64,
+}
+
+impl MemSpool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemInner>, SpoolError> {
+        self.inner
+            .lock()
+            .map_err(|_| SpoolError::Other("memory spool lock poisoned".into()))
+    }
+
+    /// Test helper: stores raw bytes as a record, e.g. to simulate corruption.
+    pub fn put_raw(&self, id: &str, state: u8, record: Vec<u8>) {
+        if let Ok(mut g) = self.lock() {
+            g.records.insert(id.to_string(), (state, record));
+        }
+    }
+}
+
+impl Spool for MemSpool {
+    fn insert(
+        &self,
+        id: &str,
+        state: u8,
+        record: &[u8],
+        content: &[u8],
+    ) -> Result<bool, SpoolError> {
+        let mut g = self.lock()?;
+        if g.records.contains_key(id) {
+            return Ok(false);
+        }
+        g.records.insert(id.to_string(), (state, record.to_vec()));
+        g.content.insert(id.to_string(), content.to_vec());
+        Ok(true)
+    }
+    fn get(&self, id: &str) -> Result<Option<(u8, Vec<u8>)>, SpoolError> {
+        Ok(self.lock()?.records.get(id).cloned())
+    }
+    fn content(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(self.lock()?.content.get(id).cloned())
+    }
+    fn ids(&self, state: u8) -> Result<Vec<String>, SpoolError> {
+        Ok(self
+            .lock()?
+            .records
+            .iter()
+            .filter(|(_, (s, _))| *s == state)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+    fn all(&self) -> Result<Vec<(String, u8)>, SpoolError> {
+        Ok(self
+            .lock()?
+            .records
+            .iter()
+            .map(|(k, (s, _))| (k.clone(), *s))
+            .collect())
+    }
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Change,
+    ) -> Result<Option<Change>, SpoolError> {
+        let mut g = self.lock()?;
+        let Some((state, rec)) = g.records.get(id).cloned() else {
+            return Ok(None);
+        };
+        let change = f(state, &rec);
+        match &change {
+            Change::Keep => {}
+            Change::Put(s, r) => {
+                g.records.insert(id.to_string(), (*s, r.clone()));
+            }
+            Change::Remove => {
+                g.records.remove(id);
+                g.content.remove(id);
+            }
+        }
+        Ok(Some(change))
+    }
+    fn flush(&self) -> Result<(), SpoolError> {
+        Ok(())
+    }
+    fn generate_id(&self) -> Result<u64, SpoolError> {
+        let mut g = self.lock()?;
+        g.counter += 1;
+        Ok(g.counter)
+    }
+}
+
+/// The production spool: one sled database with three trees.
+pub struct SledSpool {
+    db: sled::Db,
+    records: sled::Tree,
+    content: sled::Tree,
+    index: sled::Tree,
+}
+
+impl SledSpool {
+    /// Opens (creating) the database at `path`. Fails while another process holds it.
+    pub fn open(path: &std::path::Path) -> Result<SledSpool, SpoolError> {
+        let db = sled::open(path)?;
+        Ok(SledSpool {
+            records: db.open_tree("records")?,
+            content: db.open_tree("content")?,
+            index: db.open_tree("index")?,
+            db,
+        })
+    }
+
+    /// Test helper: stores raw record bytes, e.g. to simulate corruption.
+    pub fn put_raw(&self, id: &str, state: u8, record: &[u8]) -> Result<(), SpoolError> {
+        let mut v = vec![state];
+        v.extend_from_slice(record);
+        self.records.insert(id.as_bytes(), v)?;
+        self.index.insert(index_key(state, id), Vec::<u8>::new())?;
+        Ok(())
+    }
+}
+
+fn split(v: &[u8]) -> (u8, &[u8]) {
+    match v.split_first() {
+        Some((s, rest)) => (*s, rest),
+        // An empty value has no state byte: 0xFF is no state, so it decodes as corrupt.
+        None => (0xFF, &[]),
+    }
+}
+
+fn tx_err(e: TransactionError<SpoolError>) -> SpoolError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => SpoolError::Sled(e),
+    }
+}
+
+impl Spool for SledSpool {
+    fn insert(
+        &self,
+        id: &str,
+        state: u8,
+        record: &[u8],
+        content: &[u8],
+    ) -> Result<bool, SpoolError> {
+        let mut v = Vec::with_capacity(record.len() + 1);
+        v.push(state);
+        v.extend_from_slice(record);
+        (&self.records, &self.content, &self.index)
+            .transaction(|(r, c, i)| {
+                if r.get(id.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
+                r.insert(id.as_bytes(), v.as_slice())?;
+                c.insert(id.as_bytes(), content)?;
+                i.insert(index_key(state, id), Vec::<u8>::new())?;
+                Ok::<bool, ConflictableTransactionError<SpoolError>>(true)
+            })
+            .map_err(tx_err)
+    }
+    fn get(&self, id: &str) -> Result<Option<(u8, Vec<u8>)>, SpoolError> {
+        Ok(self.records.get(id.as_bytes())?.map(|v| {
+            let (s, r) = split(&v);
+            (s, r.to_vec())
+        }))
+    }
+    fn content(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(self.content.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+    fn ids(&self, state: u8) -> Result<Vec<String>, SpoolError> {
+        let mut out = Vec::new();
+        for kv in self.index.scan_prefix([state]) {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+        Ok(out)
+    }
+    fn all(&self) -> Result<Vec<(String, u8)>, SpoolError> {
+        let mut out = Vec::new();
+        for kv in self.records.iter() {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), split(&v).0));
+        }
+        Ok(out)
+    }
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Change,
+    ) -> Result<Option<Change>, SpoolError> {
+        let f = std::cell::RefCell::new(f);
+        (&self.records, &self.content, &self.index)
+            .transaction(|(r, c, i)| {
+                let Some(old) = r.get(id.as_bytes())? else {
+                    return Ok(None);
+                };
+                let (state, rec) = split(&old);
+                let change = (f.borrow_mut())(state, rec);
+                match &change {
+                    Change::Keep => {}
+                    Change::Put(s, new) => {
+                        let mut v = Vec::with_capacity(new.len() + 1);
+                        v.push(*s);
+                        v.extend_from_slice(new);
+                        r.insert(id.as_bytes(), v)?;
+                        if *s != state {
+                            i.remove(index_key(state, id))?;
+                            i.insert(index_key(*s, id), Vec::<u8>::new())?;
+                        }
+                    }
+                    Change::Remove => {
+                        r.remove(id.as_bytes())?;
+                        c.remove(id.as_bytes())?;
+                        i.remove(index_key(state, id))?;
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<SpoolError>>(Some(change))
+            })
+            .map_err(tx_err)
+    }
+    fn flush(&self) -> Result<(), SpoolError> {
+        self.db.flush()?;
+        Ok(())
+    }
+    fn generate_id(&self) -> Result<u64, SpoolError> {
+        Ok(self.db.generate_id()?)
+    }
+}

@@ -1,0 +1,225 @@
+use super::*;
+use crate::envelope::Recipient;
+
+fn rec(sender: &str, rcpts: &[&str]) -> Record {
+    Record {
+        envelope: Envelope {
+            sender: sender.into(),
+            recipients: rcpts.iter().map(|r| Recipient::new(*r)).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn transitions_on(q: Queue) {
+    let id = q
+        .enqueue(
+            QueueName::Incoming,
+            rec("a@x", &["b@y"]),
+            b"Subject: x\n\nbody\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    let m = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(m.queue, QueueName::Incoming);
+    assert_eq!(m.record.meta.size, 17);
+    assert!(m.record.meta.arrival_time > 0);
+    // incoming → active → deferred with a reason, content untouched.
+    assert!(q
+        .transition(&id, &[QueueName::Incoming], QueueName::Active, |_| {})
+        .await
+        .unwrap()
+        .is_some());
+    // Wrong source queue: nothing happens.
+    assert!(q
+        .transition(&id, &[QueueName::Incoming], QueueName::Deferred, |_| {})
+        .await
+        .unwrap()
+        .is_none());
+    q.transition(&id, &[QueueName::Active], QueueName::Deferred, |r| {
+        r.envelope.recipients[0].reason = Some("connect refused".into());
+        r.meta.attempts += 1;
+    })
+    .await
+    .unwrap();
+    let m = q.get(&id).await.unwrap().unwrap();
+    assert_eq!(m.queue, QueueName::Deferred);
+    assert_eq!(
+        m.record.envelope.recipients[0].reason.as_deref(),
+        Some("connect refused")
+    );
+    assert_eq!(m.record.meta.attempts, 1);
+    assert_eq!(
+        q.content(&id).await.unwrap().unwrap(),
+        b"Subject: x\n\nbody\n"
+    );
+    assert_eq!(q.ids(QueueName::Deferred).await.unwrap(), vec![id.clone()]);
+    assert!(q.ids(QueueName::Incoming).await.unwrap().is_empty());
+    // hold / release / requeue / expire.
+    assert!(q.hold(&id).await.unwrap());
+    assert!(!q.hold(&id).await.unwrap());
+    assert_eq!(q.list(QueueName::Hold).await.unwrap().len(), 1);
+    assert!(q.release(&id).await.unwrap());
+    assert!(q.requeue(&id).await.unwrap());
+    assert_eq!(
+        q.get(&id).await.unwrap().unwrap().queue,
+        QueueName::Maildrop
+    );
+    q.transition(&id, &[QueueName::Maildrop], QueueName::Hold, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(q.expire(&id).await.unwrap(), (true, true));
+    let m = q.get(&id).await.unwrap().unwrap();
+    assert!(m.record.meta.forced_expire);
+    assert_eq!(m.queue, QueueName::Deferred);
+    // delete only from the named queues.
+    assert_eq!(q.delete(&id, &[QueueName::Hold]).await.unwrap(), None);
+    assert_eq!(
+        q.delete(&id, &[QueueName::Deferred]).await.unwrap(),
+        Some(QueueName::Deferred)
+    );
+    assert!(q.get(&id).await.unwrap().is_none());
+    assert!(q.content(&id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn transitions_memory() {
+    transitions_on(Queue::memory()).await;
+}
+
+#[tokio::test]
+async fn transitions_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    transitions_on(Queue::open(dir.path(), false).unwrap()).await;
+}
+
+#[tokio::test]
+async fn duplicate_and_invalid_ids_are_refused() {
+    let q = Queue::memory();
+    q.commit("ABC", QueueName::Incoming, rec("", &["x@y"]), vec![])
+        .await
+        .unwrap();
+    assert!(matches!(
+        q.commit("ABC", QueueName::Incoming, rec("", &["x@y"]), vec![])
+            .await,
+        Err(QueueError::Exists(_))
+    ));
+    assert!(matches!(
+        q.commit("../x", QueueName::Incoming, rec("", &["x@y"]), vec![])
+            .await,
+        Err(QueueError::InvalidId(_))
+    ));
+}
+
+#[test]
+fn recovery_moves_active_to_incoming_and_garbage_to_corrupt() {
+    let spool = Arc::new(MemSpool::new());
+    let good = encode(&rec("a@x", &["b@y"])).unwrap();
+    spool.put_raw("AAA", QueueName::Active.byte(), good.clone());
+    spool.put_raw("BBB", QueueName::Maildrop.byte(), good.clone());
+    spool.put_raw("CCC", QueueName::Deferred.byte(), vec![0xFF, 0xFF, 0xFF]);
+    spool.put_raw("DDD", 42, good);
+    let q = Queue::with_spool(spool.clone(), false).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(q.ids(QueueName::Incoming).await.unwrap(), vec!["AAA"]);
+        assert_eq!(q.ids(QueueName::Maildrop).await.unwrap(), vec!["BBB"]);
+        assert_eq!(q.ids(QueueName::Corrupt).await.unwrap(), vec!["CCC", "DDD"]);
+        assert!(q.list(QueueName::Deferred).await.unwrap().is_empty());
+        // A corrupt record is reported, not a panic.
+        assert!(q.get("CCC").await.is_err());
+    });
+}
+
+#[tokio::test]
+async fn sled_recovery_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let q = Queue::open(dir.path(), false).unwrap();
+        let id = q
+            .enqueue(QueueName::Incoming, rec("a@x", &["b@y"]), b"x".to_vec())
+            .await
+            .unwrap();
+        q.transition(&id, &[QueueName::Incoming], QueueName::Active, |_| {})
+            .await
+            .unwrap();
+        let spool = q.spool().clone();
+        drop(q);
+        drop(spool);
+        id
+    };
+    {
+        let spool = SledSpool::open(&dir.path().join("db")).unwrap();
+        spool
+            .put_raw("BAD1", QueueName::Incoming.byte(), b"\x07garbage")
+            .unwrap();
+        spool.flush().unwrap();
+    }
+    let q = Queue::open(dir.path(), false).unwrap();
+    assert_eq!(
+        q.get(&id).await.unwrap().unwrap().queue,
+        QueueName::Incoming
+    );
+    assert_eq!(q.ids(QueueName::Corrupt).await.unwrap(), vec!["BAD1"]);
+    assert_eq!(q.ids(QueueName::Incoming).await.unwrap(), vec![id]);
+}
+
+#[test]
+fn sled_is_locked_by_one_process_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let _q = Queue::open(dir.path(), false).unwrap();
+    // sled holds an exclusive lock: a second open (as a tool would) fails.
+    assert!(Queue::open(dir.path(), false).is_err());
+}
+
+/// Group commit: many concurrent inserts, every one readable after reopening the database
+/// (i.e. it was flushed before `enqueue` returned), and fewer flushes than inserts is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_many_concurrent_inserts_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), true).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.enqueue(
+                QueueName::Incoming,
+                rec("a@x", &[&format!("r{i}@y")]),
+                format!("body {i}").into_bytes(),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    // Everything a waiter was told is durable: the flushed mark covers all writes.
+    assert!(*q.inner.commit.flushed.borrow() >= 200);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 200, "queue ids are unique");
+    drop(q);
+    let q = Queue::open(dir.path(), true).unwrap();
+    for id in &ids {
+        assert!(q.get(id).await.unwrap().is_some(), "{id} lost");
+    }
+}
+
+#[tokio::test]
+async fn events_reach_the_hook() {
+    let q = Queue::memory();
+    let (tx, mut rx) = mpsc::channel(8);
+    q.set_events(tx);
+    let id = q
+        .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), vec![])
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await, Some(QueueEvent::NewMaildrop(id)));
+}
