@@ -25,6 +25,42 @@ pub struct Settings {
     pub body_checks: Option<Box<dyn CheckTable>>,
 }
 
+impl CheckTable for crate::table::Maps {
+    fn check(&self, line: &str) -> Option<String> {
+        match self.lookup(line) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("content check lookup: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads cleanup's parameters and opens its check tables.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Settings, crate::table::TableError> {
+        let checks = |name: &str| -> Result<Option<Box<dyn CheckTable>>, crate::table::TableError> {
+            let list = cfg.get_list(name);
+            if list.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Box::new(crate::table::Maps::open(&list)?)))
+        };
+        Ok(Settings {
+            myhostname: cfg.get("myhostname"),
+            myorigin: cfg.get("myorigin"),
+            mail_name: cfg.get("mail_name"),
+            always_add_missing_headers: cfg.get_bool("always_add_missing_headers"),
+            header_size_limit: cfg.get_size("header_size_limit") as usize,
+            sasl_authenticated_header: cfg.get_bool("smtpd_sasl_authenticated_header"),
+            header_checks: checks("header_checks")?,
+            mime_header_checks: checks("mime_header_checks")?,
+            body_checks: checks("body_checks")?,
+        })
+    }
+}
+
 /// A message as smtpd or pickup hands it over. `content` has CRLF line ends.
 pub struct Submission {
     pub queue_id: String,

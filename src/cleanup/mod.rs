@@ -29,5 +29,7 @@
 //!   mail_name (relais)
 
 pub mod checks;
+#[allow(clippy::module_inception)]
+pub mod cleanup;
 pub mod headers;
 pub mod message;

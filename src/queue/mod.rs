@@ -125,6 +125,8 @@ pub struct Meta {
     pub last_reason: Option<String>,
     /// Set by `postsuper -f`: the next delivery attempt returns the message as expired.
     pub forced_expire: bool,
+    /// A delay warning (delay_warning_time) has been sent; it is sent once.
+    pub delay_warned: bool,
 }
 
 /// One queued message, without its content.

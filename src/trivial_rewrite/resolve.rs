@@ -61,7 +61,8 @@ impl DomainList {
                 None => (false, it.as_str()),
             };
             if it.contains(':') && !it.starts_with('[') {
-                let maps = Maps::open(&[it.to_string()]).map_err(|e| RewriteError::Table(it.to_string(), e))?;
+                let maps = Maps::open(&[it.to_string()])
+                    .map_err(|e| RewriteError::Table(it.to_string(), e))?;
                 entries.push((neg, Entry::Table(maps)));
             } else if let Some(d) = it.strip_prefix('.') {
                 entries.push((neg, Entry::Sub(d.to_ascii_lowercase())));
@@ -76,17 +77,20 @@ impl DomainList {
         Ok(DomainList { entries })
     }
 
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn matches(&self, domain: &str) -> Result<bool, RewriteError> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         for (neg, e) in &self.entries {
             let hit = match e {
                 Entry::Exact(d) => *d == domain,
-                Entry::Sub(d) => domain.len() > d.len() && domain.ends_with(d.as_str()) && domain.as_bytes()[domain.len() - d.len() - 1] == b'.',
-                Entry::Table(m) => m.lookup(&domain).map_err(|e| RewriteError::Temporary(e.to_string()))?.is_some(),
+                Entry::Sub(d) => {
+                    domain.len() > d.len()
+                        && domain.ends_with(d.as_str())
+                        && domain.as_bytes()[domain.len() - d.len() - 1] == b'.'
+                }
+                Entry::Table(m) => m
+                    .lookup(&domain)
+                    .map_err(|e| RewriteError::Temporary(e.to_string()))?
+                    .is_some(),
             };
             if hit {
                 return Ok(!neg);
@@ -137,7 +141,10 @@ impl Rewriter {
     pub fn from_config(cfg: &Config) -> Result<Rewriter, RewriteError> {
         let parent = cfg.get_list("parent_domain_matches_subdomains");
         let pm = |n: &str| parent.iter().any(|p| p == n);
-        let own_addrs = crate::config::interface_networks().iter().map(|n| n.addr()).collect();
+        let own_addrs = crate::config::interface_networks()
+            .iter()
+            .map(|n| n.addr())
+            .collect();
         Ok(Rewriter {
             myorigin: cfg.get("myorigin").to_ascii_lowercase(),
             mydomain: cfg.get("mydomain").to_ascii_lowercase(),
@@ -171,7 +178,11 @@ impl Rewriter {
             None if self.append_at_myorigin => format!("{addr}@{}", self.myorigin),
             None => addr.to_string(),
             Some((local, domain)) => {
-                if self.append_dot_mydomain && !domain.contains('.') && !domain.starts_with('[') && !domain.is_empty() {
+                if self.append_dot_mydomain
+                    && !domain.contains('.')
+                    && !domain.starts_with('[')
+                    && !domain.is_empty()
+                {
                     format!("{local}@{domain}.{}", self.mydomain)
                 } else {
                     addr.to_string()
@@ -184,7 +195,9 @@ impl Rewriter {
     pub fn is_local_domain(&self, domain: &str) -> Result<bool, RewriteError> {
         if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
             let lit = lit.strip_prefix("IPv6:").unwrap_or(lit);
-            return Ok(lit.parse::<IpAddr>().is_ok_and(|ip| self.own_addrs.contains(&ip)));
+            return Ok(lit
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| self.own_addrs.contains(&ip)));
         }
         self.mydestination.matches(domain)
     }
@@ -220,9 +233,15 @@ impl Rewriter {
         if self.virtual_alias_maps.is_empty() {
             return Ok(None);
         }
-        let Some((local, domain)) = addr.rsplit_once('@') else { return Ok(None) };
+        let Some((local, domain)) = addr.rsplit_once('@') else {
+            return Ok(None);
+        };
         let (base, ext) = self.split_ext(local);
-        let look = |k: &str| self.virtual_alias_maps.lookup(k).map_err(|e| RewriteError::Temporary(e.to_string()));
+        let look = |k: &str| {
+            self.virtual_alias_maps
+                .lookup(k)
+                .map_err(|e| RewriteError::Temporary(e.to_string()))
+        };
         let mut found: Option<(String, bool)> = None;
         if let Some(v) = look(addr)? {
             found = Some((v, false));
@@ -231,7 +250,9 @@ impl Rewriter {
                 found = Some((v, true));
             }
         }
-        if found.is_none() && (self.is_local_domain(domain)? || domain.eq_ignore_ascii_case(&self.myorigin)) {
+        if found.is_none()
+            && (self.is_local_domain(domain)? || domain.eq_ignore_ascii_case(&self.myorigin))
+        {
             if let Some(v) = look(local)? {
                 found = Some((v, false));
             } else if ext.is_some() {
@@ -251,7 +272,11 @@ impl Rewriter {
                 .map(|a| {
                     let a = self.canonicalize(&a);
                     match (propagate, ext, a.rsplit_once('@')) {
-                        (true, Some(ext), Some((l, d))) if !l.contains(|c| self.delimiters.contains(c)) => format!("{l}{ext}@{d}"),
+                        (true, Some(ext), Some((l, d)))
+                            if !l.contains(|c| self.delimiters.contains(c)) =>
+                        {
+                            format!("{l}{ext}@{d}")
+                        }
                         _ => a,
                     }
                 })
@@ -268,15 +293,27 @@ impl Rewriter {
         Ok(out)
     }
 
-    fn expand_into(&self, addr: &str, depth: usize, seen: &mut HashSet<String>, out: &mut Vec<String>) -> Result<(), RewriteError> {
+    fn expand_into(
+        &self,
+        addr: &str,
+        depth: usize,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), RewriteError> {
         if out.len() >= self.expansion_limit {
-            tracing::warn!("virtual alias expansion of {addr}: more than {} addresses; the rest is dropped", self.expansion_limit);
+            tracing::warn!(
+                "virtual alias expansion of {addr}: more than {} addresses; the rest is dropped",
+                self.expansion_limit
+            );
             return Ok(());
         }
         let key = addr.to_ascii_lowercase();
         if depth >= self.recursion_limit || !seen.insert(key.clone()) {
             if depth >= self.recursion_limit {
-                tracing::warn!("virtual alias expansion of {addr}: recursion limit {} exceeded", self.recursion_limit);
+                tracing::warn!(
+                    "virtual alias expansion of {addr}: recursion limit {} exceeded",
+                    self.recursion_limit
+                );
             }
             if !out.iter().any(|a| a.eq_ignore_ascii_case(addr)) {
                 out.push(addr.to_string());
@@ -307,8 +344,14 @@ impl Rewriter {
     /// Whether a virtual mailbox recipient exists (virtual_mailbox_maps, with the address
     /// extension stripped as a fallback, then `@domain`).
     pub fn mailbox_of(&self, addr: &str) -> Result<Option<String>, RewriteError> {
-        let Some((local, domain)) = addr.rsplit_once('@') else { return Ok(None) };
-        let look = |k: &str| self.virtual_mailbox_maps.lookup(k).map_err(|e| RewriteError::Temporary(e.to_string()));
+        let Some((local, domain)) = addr.rsplit_once('@') else {
+            return Ok(None);
+        };
+        let look = |k: &str| {
+            self.virtual_mailbox_maps
+                .lookup(k)
+                .map_err(|e| RewriteError::Temporary(e.to_string()))
+        };
         if let Some(v) = look(addr)? {
             return Ok(Some(v));
         }
@@ -321,11 +364,19 @@ impl Rewriter {
         look(&format!("@{domain}"))
     }
 
-    fn transport_lookup(&self, addr: &str, domain: &str) -> Result<Option<(String, String)>, RewriteError> {
+    fn transport_lookup(
+        &self,
+        addr: &str,
+        domain: &str,
+    ) -> Result<Option<(String, String)>, RewriteError> {
         if self.transport_maps.is_empty() {
             return Ok(None);
         }
-        let look = |k: &str| self.transport_maps.lookup(k).map_err(|e| RewriteError::Temporary(e.to_string()));
+        let look = |k: &str| {
+            self.transport_maps
+                .lookup(k)
+                .map_err(|e| RewriteError::Temporary(e.to_string()))
+        };
         let mut keys = vec![addr.to_ascii_lowercase(), domain.to_ascii_lowercase()];
         let mut d = domain;
         while let Some((_, parent)) = d.split_once('.') {
@@ -343,14 +394,23 @@ impl Rewriter {
     /// Resolves one (already alias-expanded) recipient.
     pub fn resolve(&self, addr: &str) -> Result<Resolved, RewriteError> {
         let address = self.canonicalize(addr);
-        let domain = address.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default();
         let class = self.domain_class(&domain)?;
         let (mut transport, mut nexthop) = match class {
             Class::Local => self.local_transport.clone(),
-            Class::VirtualAlias => ("error".to_string(), "5.1.1 User unknown in virtual alias table".to_string()),
+            Class::VirtualAlias => (
+                "error".to_string(),
+                "5.1.1 User unknown in virtual alias table".to_string(),
+            ),
             Class::VirtualMailbox => {
                 if self.mailbox_of(&address)?.is_none() {
-                    ("error".to_string(), "5.1.1 User unknown in virtual mailbox table".to_string())
+                    (
+                        "error".to_string(),
+                        "5.1.1 User unknown in virtual mailbox table".to_string(),
+                    )
                 } else {
                     self.virtual_transport.clone()
                 }
@@ -370,11 +430,18 @@ impl Rewriter {
         }
         if nexthop.is_empty() {
             nexthop = match class {
-                Class::Default | Class::Relay if !self.relayhost.is_empty() => self.relayhost.clone(),
+                Class::Default | Class::Relay if !self.relayhost.is_empty() => {
+                    self.relayhost.clone()
+                }
                 _ => domain.clone(),
             };
         }
-        Ok(Resolved { class, transport, nexthop, address })
+        Ok(Resolved {
+            class,
+            transport,
+            nexthop,
+            address,
+        })
     }
 }
 
@@ -388,7 +455,10 @@ mod tests {
         for (name, text) in files {
             std::fs::write(d.path().join(name), text).unwrap();
         }
-        let text = format!("myhostname = mail.exemple.fr\nmydomain = exemple.fr\n{}", extra.replace("@DIR@", &d.path().display().to_string()));
+        let text = format!(
+            "myhostname = mail.exemple.fr\nmydomain = exemple.fr\n{}",
+            extra.replace("@DIR@", &d.path().display().to_string())
+        );
         let cfg = Config::from_text(Path::new("/etc/postfix"), &text).unwrap();
         (Rewriter::from_config(&cfg).unwrap(), d)
     }
@@ -405,12 +475,24 @@ mod tests {
         assert_eq!(res("root@mail.exemple.fr").nexthop, "mail.exemple.fr");
         assert_eq!(res("x@alias.example").transport, "error");
         let v = res("test@exemple.fr");
-        assert_eq!((v.class, v.transport.as_str(), v.nexthop.as_str()), (Class::VirtualMailbox, "lmtp", "unix:private/dovecot-lmtp"));
-        assert_eq!(res("nobody@exemple.fr").nexthop, "5.1.1 User unknown in virtual mailbox table");
+        assert_eq!(
+            (v.class, v.transport.as_str(), v.nexthop.as_str()),
+            (Class::VirtualMailbox, "lmtp", "unix:private/dovecot-lmtp")
+        );
+        assert_eq!(
+            res("nobody@exemple.fr").nexthop,
+            "5.1.1 User unknown in virtual mailbox table"
+        );
         let rel = res("a@relay.example");
-        assert_eq!((rel.class, rel.transport.as_str(), rel.nexthop.as_str()), (Class::Relay, "relay", "relay.example"));
+        assert_eq!(
+            (rel.class, rel.transport.as_str(), rel.nexthop.as_str()),
+            (Class::Relay, "relay", "relay.example")
+        );
         let def = res("a@tutu.org");
-        assert_eq!((def.class, def.transport.as_str(), def.nexthop.as_str()), (Class::Default, "smtp", "tutu.org"));
+        assert_eq!(
+            (def.class, def.transport.as_str(), def.nexthop.as_str()),
+            (Class::Default, "smtp", "tutu.org")
+        );
         assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Local);
         assert_eq!(r.domain_class("[192.0.2.1]").unwrap(), Class::Default);
         assert_eq!(r.canonicalize("bob"), "bob@mail.exemple.fr");
@@ -422,11 +504,20 @@ mod tests {
             "relayhost = [127.0.0.1]:10126\ntransport_maps = inline:{ slow.example=smtp:[127.0.0.1]:10130, .sub.example=relay:, a@b.example=discard: }\n",
             &[],
         );
-        assert_eq!(r.resolve("x@tutu.org").unwrap().nexthop, "[127.0.0.1]:10126");
+        assert_eq!(
+            r.resolve("x@tutu.org").unwrap().nexthop,
+            "[127.0.0.1]:10126"
+        );
         let s = r.resolve("x@slow.example").unwrap();
-        assert_eq!((s.transport.as_str(), s.nexthop.as_str()), ("smtp", "[127.0.0.1]:10130"));
+        assert_eq!(
+            (s.transport.as_str(), s.nexthop.as_str()),
+            ("smtp", "[127.0.0.1]:10130")
+        );
         let s = r.resolve("x@deep.sub.example").unwrap();
-        assert_eq!((s.transport.as_str(), s.nexthop.as_str()), ("relay", "[127.0.0.1]:10126"));
+        assert_eq!(
+            (s.transport.as_str(), s.nexthop.as_str()),
+            ("relay", "[127.0.0.1]:10126")
+        );
         assert_eq!(r.resolve("a@b.example").unwrap().transport, "discard");
     }
 
@@ -436,12 +527,27 @@ mod tests {
             "recipient_delimiter = +\nvirtual_alias_maps = texthash:@DIR@/valias\n",
             &[("valias", "team@x.example a@x.example, b@x.example\nb@x.example c@y.example\nloop1@x.example loop2@x.example\nloop2@x.example loop1@x.example\nself@x.example self@x.example, copy@y.example\n@catch.example sink@y.example\n")],
         );
-        assert_eq!(r.expand("team@x.example").unwrap(), vec!["a@x.example", "c@y.example"]);
-        assert_eq!(r.expand("team+tag@x.example").unwrap(), vec!["a+tag@x.example", "c+tag@y.example"]);
+        assert_eq!(
+            r.expand("team@x.example").unwrap(),
+            vec!["a@x.example", "c@y.example"]
+        );
+        assert_eq!(
+            r.expand("team+tag@x.example").unwrap(),
+            vec!["a+tag@x.example", "c+tag@y.example"]
+        );
         let l = r.expand("loop1@x.example").unwrap();
         assert_eq!(l.len(), 1, "{l:?}");
-        assert_eq!(r.expand("self@x.example").unwrap(), vec!["self@x.example", "copy@y.example"]);
-        assert_eq!(r.expand("anyone@catch.example").unwrap(), vec!["sink@y.example"]);
-        assert_eq!(r.expand("plain@z.example").unwrap(), vec!["plain@z.example"]);
+        assert_eq!(
+            r.expand("self@x.example").unwrap(),
+            vec!["self@x.example", "copy@y.example"]
+        );
+        assert_eq!(
+            r.expand("anyone@catch.example").unwrap(),
+            vec!["sink@y.example"]
+        );
+        assert_eq!(
+            r.expand("plain@z.example").unwrap(),
+            vec!["plain@z.example"]
+        );
     }
 }

@@ -21,3 +21,66 @@
 //!   virtual_mailbox_base (), virtual_mailbox_maps ()
 
 pub mod maildir;
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::delivery::{log_outcome, BoxFuture, Job, Outcome, Transport};
+use crate::trivial_rewrite::Rewriter;
+
+/// The `virtual` delivery agent.
+pub struct VirtualTransport {
+    pub base: PathBuf,
+    pub rewriter: Arc<Rewriter>,
+    pub hostname: String,
+}
+
+/// The mailbox path for a map result, refusing anything that could leave the base.
+fn mailbox_path(base: &Path, result: &str) -> Option<PathBuf> {
+    let rel = Path::new(result.trim());
+    if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+        return None;
+    }
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    Some(base.join(rel))
+}
+
+impl Transport for VirtualTransport {
+    fn deliver(&self, job: Job) -> BoxFuture<Vec<(usize, Outcome)>> {
+        let base = self.base.clone();
+        let rewriter = self.rewriter.clone();
+        let hostname = self.hostname.clone();
+        Box::pin(async move {
+            // File system work is blocking: keep it off the async workers.
+            tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(job.recipients.len());
+                for r in &job.recipients {
+                    let started = std::time::SystemTime::now();
+                    let o = match rewriter.mailbox_of(&r.address) {
+                        Err(e) => Outcome::deferred("4.3.0", format!("mailbox lookup failed: {e}")),
+                        Ok(None) => Outcome::bounced("5.1.1", "User unknown in virtual mailbox table"),
+                        Ok(Some(res)) if !res.trim().ends_with('/') => {
+                            Outcome::bounced("5.3.5", format!("mailbox format of {} is not supported: relais writes Maildir only (end the path with /)", res.trim()))
+                        }
+                        Ok(Some(res)) => match mailbox_path(&base, &res) {
+                            None => Outcome::bounced("5.3.5", format!("unsafe mailbox path {res}")),
+                            Some(path) => maildir::deliver(&maildir::Delivery {
+                                maildir: &path,
+                                sender: &job.sender,
+                                recipient: &r.address,
+                                content: &job.content,
+                                hostname: &hostname,
+                            }),
+                        },
+                    };
+                    log_outcome(&job, r, "virtual", started, &o);
+                    out.push((r.index, o));
+                }
+                out
+            })
+            .await
+            // A panicked task reports nothing; qmgr defers every recipient without an outcome.
+            .unwrap_or_default()
+        })
+    }
+}

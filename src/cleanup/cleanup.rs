@@ -1,0 +1,172 @@
+//! The cleanup actor: runs [`message::process`] off the actor, expands virtual aliases, and
+//! commits the queue record durably before answering.
+
+use actix::prelude::*;
+use std::sync::Arc;
+
+use super::message::{self, Settings, Submission};
+use crate::envelope::Recipient;
+use crate::queue::{Meta, Queue, QueueName, Record};
+use crate::trivial_rewrite::Rewriter;
+
+/// Queue one message; answers only after it is on disk (or refused).
+#[derive(Message)]
+#[rtype(result = "Result<Disposition, CleanupError>")]
+pub struct Enqueue(pub Submission);
+
+/// New settings after a reload.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload {
+    pub settings: Arc<Settings>,
+    pub rewriter: Arc<Rewriter>,
+}
+
+/// What became of an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Queued,
+    Held,
+    /// DISCARD action: accepted and dropped, as Postfix does (the client still sees 250).
+    Discarded,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    /// Content checks refused it; the text is the SMTP reply.
+    #[error("{0}")]
+    Rejected(String),
+    /// The queue could not take it; try again later.
+    #[error("queue file write error: {0}")]
+    Queue(String),
+    #[error("{0}")]
+    Temporary(String),
+}
+
+impl CleanupError {
+    /// The SMTP reply for this error.
+    pub fn reply(&self) -> String {
+        match self {
+            CleanupError::Rejected(r) => r.clone(),
+            CleanupError::Queue(_) => "451 4.3.0 Error: queue file write error".into(),
+            CleanupError::Temporary(t) => format!("451 4.3.0 {t}"),
+        }
+    }
+}
+
+pub struct Cleanup {
+    queue: Queue,
+    settings: Arc<Settings>,
+    rewriter: Arc<Rewriter>,
+    tag: String,
+}
+
+impl Cleanup {
+    pub fn new(
+        queue: Queue,
+        settings: Arc<Settings>,
+        rewriter: Arc<Rewriter>,
+        tag: String,
+    ) -> Self {
+        Cleanup {
+            queue,
+            settings,
+            rewriter,
+            tag,
+        }
+    }
+}
+
+/// Virtual alias expansion of the envelope: each result keeps the original recipient and its
+/// DSN parameters; duplicates collapse, as in Postfix.
+fn expand_recipients(rw: &Rewriter, rcpts: Vec<Recipient>) -> Result<Vec<Recipient>, CleanupError> {
+    let mut out: Vec<Recipient> = Vec::with_capacity(rcpts.len());
+    for r in rcpts {
+        let targets = rw
+            .expand(&r.address)
+            .map_err(|e| CleanupError::Temporary(format!("alias lookup failed: {e}")))?;
+        for t in targets {
+            if out.iter().any(|o| o.address.eq_ignore_ascii_case(&t)) {
+                continue;
+            }
+            let mut n = r.clone();
+            n.address = t;
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+impl Actor for Cleanup {
+    type Context = Context<Self>;
+}
+
+impl Handler<Enqueue> for Cleanup {
+    type Result = ResponseFuture<Result<Disposition, CleanupError>>;
+
+    fn handle(&mut self, Enqueue(sub): Enqueue, _: &mut Self::Context) -> Self::Result {
+        let queue = self.queue.clone();
+        let settings = self.settings.clone();
+        let rewriter = self.rewriter.clone();
+        let span = crate::log::service_span!(self.tag);
+        Box::pin(async move {
+            let id = sub.queue_id.clone();
+            let sp = span.clone();
+            // Header work, checks and table lookups (SQLite, files) are blocking CPU/IO work.
+            let prepared = tokio::task::spawn_blocking(move || {
+                let _e = sp.enter();
+                let cleaned =
+                    message::process(&sub, &settings).map_err(|r| CleanupError::Rejected(r.0))?;
+                let mut env = sub.envelope;
+                if let Some(to) = &cleaned.redirect {
+                    let mut r = Recipient::new(to.clone());
+                    r.original = to.clone();
+                    env.recipients = vec![r];
+                }
+                for b in &cleaned.bcc {
+                    env.recipients.push(Recipient::new(b.clone()));
+                }
+                env.sender = rewriter.canonicalize(&env.sender);
+                for r in &mut env.recipients {
+                    r.address = rewriter.canonicalize(&r.address);
+                }
+                env.recipients = expand_recipients(&rewriter, env.recipients)?;
+                Ok::<_, CleanupError>((cleaned, env, sub.origin))
+            })
+            .await
+            .map_err(|e| CleanupError::Temporary(format!("cleanup task failed: {e}")))??;
+            let (cleaned, envelope, origin) = prepared;
+            if cleaned.discard.is_some() {
+                return Ok(Disposition::Discarded);
+            }
+            let (state, disp) = if cleaned.hold.is_some() {
+                (QueueName::Hold, Disposition::Held)
+            } else {
+                (QueueName::Incoming, Disposition::Queued)
+            };
+            let record = Record {
+                envelope,
+                origin,
+                meta: Meta::default(),
+            };
+            queue
+                .commit(&id, state, record, cleaned.content)
+                .await
+                .map_err(|e| {
+                    let _e = span.enter();
+                    tracing::warn!("{id}: queue file write error: {e}");
+                    CleanupError::Queue(e.to_string())
+                })?;
+            Ok(disp)
+        })
+    }
+}
+
+impl Handler<Reload> for Cleanup {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reload, _: &mut Self::Context) {
+        self.settings = msg.settings;
+        self.rewriter = msg.rewriter;
+    }
+}

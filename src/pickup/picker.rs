@@ -1,0 +1,127 @@
+//! The pickup actor.
+
+use actix::prelude::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::cleanup::cleanup::{Cleanup, Enqueue};
+use crate::cleanup::message::Submission;
+use crate::queue::{Queue, QueueName};
+
+/// Look at the maildrop queue now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Scan;
+
+pub struct Pickup {
+    queue: Queue,
+    cleanup: Addr<Cleanup>,
+    wakeup: Duration,
+    busy: HashSet<String>,
+}
+
+impl Pickup {
+    pub fn new(queue: Queue, cleanup: Addr<Cleanup>, wakeup: Duration) -> Self {
+        Pickup {
+            queue,
+            cleanup,
+            wakeup,
+            busy: HashSet::new(),
+        }
+    }
+
+    fn pick(&mut self, ctx: &mut Context<Self>, old: String) {
+        if !self.busy.insert(old.clone()) {
+            return;
+        }
+        let q = self.queue.clone();
+        let cleanup = self.cleanup.clone();
+        let o2 = old.clone();
+        let fut = async move {
+            let Some(msg) = q.get(&o2).await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if msg.queue != QueueName::Maildrop {
+                return Ok(());
+            }
+            let content = q
+                .content(&o2)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let new = q.new_id().await.map_err(|e| e.to_string())?;
+            let rec = msg.record;
+            let uid = rec.origin.uid.unwrap_or(0);
+            if rec.origin.service == super::SENDMAIL {
+                tracing::info!("{new}: uid={uid} from=<{}>", rec.envelope.sender);
+                let mut origin = rec.origin.clone();
+                origin.service = "pickup".into();
+                let sub = Submission {
+                    queue_id: new.clone(),
+                    envelope: rec.envelope,
+                    origin,
+                    content,
+                };
+                match cleanup.send(Enqueue(sub)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        // Refused by content checks: Postfix bounces it to the sender; we log
+                        // and keep it in maildrop for the operator rather than lose it silently.
+                        return Err(format!(
+                            "{o2}: cleanup refused the message: {e}; left in maildrop"
+                        ));
+                    }
+                    Err(e) => return Err(format!("{o2}: cleanup unavailable: {e}")),
+                }
+            } else {
+                tracing::info!(
+                    "{new}: uid={uid} from=<{}> orig_id={o2}",
+                    rec.envelope.sender
+                );
+                let mut rec = rec;
+                rec.meta.next_attempt = 0;
+                q.commit(&new, QueueName::Incoming, rec, content)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            q.delete(&o2, &[QueueName::Maildrop])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
+            act.busy.remove(&old);
+            if let Err(e) = r {
+                tracing::warn!("{e}");
+            }
+        }));
+    }
+}
+
+impl Actor for Pickup {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Scan);
+        ctx.run_interval(self.wakeup.max(Duration::from_secs(1)), |_, ctx| {
+            ctx.notify(Scan)
+        });
+    }
+}
+
+impl Handler<Scan> for Pickup {
+    type Result = ();
+
+    fn handle(&mut self, _: Scan, ctx: &mut Self::Context) {
+        let q = self.queue.clone();
+        ctx.spawn(
+            async move { q.ids(QueueName::Maildrop).await.unwrap_or_default() }
+                .into_actor(self)
+                .map(|ids, act, ctx| {
+                    for id in ids {
+                        act.pick(ctx, id);
+                    }
+                }),
+        );
+    }
+}

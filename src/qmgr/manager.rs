@@ -1,0 +1,762 @@
+//! The queue manager actor.
+
+use actix::prelude::*;
+use chrono::{Local, TimeZone};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::dest::{DestKey, Dests};
+use crate::bounce::notice::{self, Kind, Notice, Rcpt as NoticeRcpt};
+use crate::config::Config;
+use crate::delivery::agent::{Deliver, DeliveryAgent};
+use crate::delivery::{Job, JobRcpt, Outcome};
+use crate::envelope::{Envelope, Origin, RcptStatus, Recipient};
+use crate::queue::{Meta, Queue, QueueEvent, QueueName, Record};
+use crate::trivial_rewrite::Rewriter;
+
+/// A queue event forwarded to qmgr.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Event(pub QueueEvent);
+
+/// New settings, tables and agents after `relais reload`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload {
+    pub settings: Settings,
+    pub rewriter: Arc<Rewriter>,
+    pub agents: HashMap<String, (Addr<DeliveryAgent>, usize)>,
+}
+
+/// qmgr's view of the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub active_limit: usize,
+    pub queue_run_delay: Duration,
+    pub minimal_backoff: Duration,
+    pub maximal_backoff: Duration,
+    pub maximal_queue_lifetime: Duration,
+    pub bounce_queue_lifetime: Duration,
+    pub delay_warning_time: Duration,
+    pub initial_concurrency: usize,
+    pub default_concurrency_limit: usize,
+    pub default_recipient_limit: usize,
+    /// `<transport>_destination_concurrency_limit` / `_recipient_limit` set in main.cf.
+    pub per_transport: HashMap<String, (Option<usize>, Option<usize>)>,
+    pub myhostname: String,
+    pub mail_name: String,
+    pub bounce_size_limit: usize,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config, transports: &[String]) -> Settings {
+        let mut per_transport = HashMap::new();
+        for t in transports {
+            let get = |suffix: &str| {
+                cfg.raw(&format!("{t}_{suffix}"))
+                    .and_then(|v| cfg.expand(&v).ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            };
+            per_transport.insert(
+                t.clone(),
+                (
+                    get("destination_concurrency_limit"),
+                    get("destination_recipient_limit"),
+                ),
+            );
+        }
+        Settings {
+            active_limit: cfg.get_int("qmgr_message_active_limit").max(1) as usize,
+            queue_run_delay: cfg.get_time("queue_run_delay"),
+            minimal_backoff: cfg.get_time("minimal_backoff_time"),
+            maximal_backoff: cfg.get_time("maximal_backoff_time"),
+            maximal_queue_lifetime: cfg.get_time("maximal_queue_lifetime"),
+            bounce_queue_lifetime: cfg
+                .get_time("bounce_queue_lifetime")
+                .min(cfg.get_time("maximal_queue_lifetime")),
+            delay_warning_time: cfg.get_time("delay_warning_time"),
+            initial_concurrency: cfg.get_int("initial_destination_concurrency").max(1) as usize,
+            default_concurrency_limit: cfg.get_int("default_destination_concurrency_limit").max(1)
+                as usize,
+            default_recipient_limit: cfg.get_int("default_destination_recipient_limit").max(1)
+                as usize,
+            per_transport,
+            myhostname: cfg.get("myhostname"),
+            mail_name: cfg.get("mail_name"),
+            bounce_size_limit: cfg.get_size("bounce_size_limit") as usize,
+        }
+    }
+
+    fn limits(&self, transport: &str) -> (usize, usize) {
+        let (c, r) = self
+            .per_transport
+            .get(transport)
+            .copied()
+            .unwrap_or((None, None));
+        (
+            c.unwrap_or(self.default_concurrency_limit).max(1),
+            r.unwrap_or(self.default_recipient_limit).max(1),
+        )
+    }
+}
+
+struct ActiveMsg {
+    record: Record,
+    content: Arc<Vec<u8>>,
+    outstanding: usize,
+    /// Outcomes of this round, by recipient index.
+    outcomes: HashMap<usize, Outcome>,
+}
+
+pub struct Qmgr {
+    queue: Queue,
+    settings: Settings,
+    rewriter: Arc<Rewriter>,
+    /// transport name → (agent, maxproc)
+    agents: HashMap<String, (Addr<DeliveryAgent>, usize)>,
+    active: HashMap<String, ActiveMsg>,
+    activating: HashSet<String>,
+    dests: Dests,
+}
+
+fn secs_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn to_system(secs: i64, usec: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64) + Duration::from_micros(usec as u64)
+}
+
+fn sender_text(s: &str) -> &str {
+    s
+}
+
+impl Qmgr {
+    pub fn new(
+        queue: Queue,
+        settings: Settings,
+        rewriter: Arc<Rewriter>,
+        agents: HashMap<String, (Addr<DeliveryAgent>, usize)>,
+    ) -> Self {
+        Qmgr {
+            queue,
+            settings,
+            rewriter,
+            agents,
+            active: HashMap::new(),
+            activating: HashSet::new(),
+            dests: Dests::default(),
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.settings
+            .active_limit
+            .saturating_sub(self.active.len() + self.activating.len())
+    }
+
+    /// Scans incoming (all) and deferred (due ones, or all when `force`), bounded by room.
+    fn scan(&mut self, ctx: &mut Context<Self>, deferred: bool, force: bool, site: Option<String>) {
+        let q = self.queue.clone();
+        let fut = async move {
+            let mut ids: Vec<String> = q.ids(QueueName::Incoming).await.unwrap_or_default();
+            if deferred {
+                let now = secs_now();
+                for m in q.list(QueueName::Deferred).await.unwrap_or_default() {
+                    let due = force || m.record.meta.next_attempt <= now;
+                    let site_ok = match &site {
+                        None => true,
+                        Some(s) => m.record.envelope.recipients.iter().any(|r| {
+                            r.status == RcptStatus::Pending
+                                && r.address
+                                    .rsplit_once('@')
+                                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(s))
+                        }),
+                    };
+                    if due && site_ok {
+                        ids.push(m.id);
+                    }
+                }
+            }
+            ids
+        };
+        ctx.spawn(fut.into_actor(self).map(|ids, act, ctx| {
+            for id in ids {
+                if act.room() == 0 {
+                    break;
+                }
+                act.activate(ctx, id);
+            }
+        }));
+    }
+
+    fn activate(&mut self, ctx: &mut Context<Self>, id: String) {
+        if self.active.contains_key(&id) || !self.activating.insert(id.clone()) {
+            return;
+        }
+        let q = self.queue.clone();
+        let idc = id.clone();
+        let fut = async move {
+            let before = q
+                .transition(
+                    &idc,
+                    &[QueueName::Incoming, QueueName::Deferred],
+                    QueueName::Active,
+                    |_| {},
+                )
+                .await?;
+            let Some(msg) = before else { return Ok(None) };
+            let content = q.content(&idc).await?.unwrap_or_default();
+            Ok::<_, crate::queue::QueueError>(Some((msg.record, content)))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.activating.remove(&id);
+            match res {
+                Ok(Some((record, content))) => act.schedule(ctx, id, record, content),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{id}: cannot activate: {e}"),
+            }
+        }));
+    }
+
+    /// Splits the pending recipients of a freshly activated message into jobs.
+    fn schedule(&mut self, ctx: &mut Context<Self>, id: String, record: Record, content: Vec<u8>) {
+        let env = &record.envelope;
+        tracing::info!(
+            "{id}: from=<{}>, size={}, nrcpt={} (queue active)",
+            sender_text(&env.sender),
+            record.meta.size,
+            env.recipients.len()
+        );
+        let now = SystemTime::now();
+        let mut msg = ActiveMsg {
+            record,
+            content: Arc::new(content),
+            outstanding: 0,
+            outcomes: HashMap::new(),
+        };
+        if msg.record.meta.forced_expire {
+            tracing::info!(
+                "{id}: from=<{}>, status=force-expired, returned to sender",
+                msg.record.envelope.sender
+            );
+            for (i, r) in msg.record.envelope.recipients.iter().enumerate() {
+                if r.status == RcptStatus::Pending {
+                    let reason = r
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "message is administratively expired".into());
+                    msg.outcomes.insert(
+                        i,
+                        Outcome::bounced(r.dsn_status.as_deref().unwrap_or("4.7.0"), reason),
+                    );
+                }
+            }
+            self.active.insert(id.clone(), msg);
+            self.finish(ctx, id);
+            return;
+        }
+        let mut groups: HashMap<DestKey, Vec<JobRcpt>> = HashMap::new();
+        let mut order: Vec<DestKey> = Vec::new();
+        for (i, r) in msg.record.envelope.recipients.iter().enumerate() {
+            if r.status != RcptStatus::Pending {
+                continue;
+            }
+            match self.rewriter.resolve(&r.address) {
+                Ok(res) => {
+                    let key = DestKey {
+                        transport: res.transport,
+                        nexthop: res.nexthop,
+                    };
+                    if !groups.contains_key(&key) {
+                        order.push(key.clone());
+                    }
+                    groups.entry(key).or_default().push(JobRcpt {
+                        index: i,
+                        address: res.address,
+                        original: r.original.clone(),
+                        orcpt: r.orcpt.clone(),
+                        notify: r.notify,
+                    });
+                }
+                Err(e) => {
+                    msg.outcomes.insert(
+                        i,
+                        Outcome::deferred("4.3.0", format!("address resolution failed: {e}")),
+                    );
+                }
+            }
+        }
+        let arrival = to_system(msg.record.meta.arrival_time, msg.record.meta.arrival_usec);
+        for key in order {
+            let rcpts = groups.remove(&key).unwrap_or_default();
+            let (conc, rlimit) = self.settings.limits(&key.transport);
+            for chunk in rcpts.chunks(rlimit) {
+                let env = &msg.record.envelope;
+                let job = Job {
+                    queue_id: id.clone(),
+                    transport: key.transport.clone(),
+                    nexthop: key.nexthop.clone(),
+                    sender: env.sender.clone(),
+                    recipients: chunk.to_vec(),
+                    content: msg.content.clone(),
+                    ret: env.ret,
+                    envid: env.envid.clone(),
+                    body_type: env.body_type,
+                    smtputf8: env.smtputf8,
+                    arrival,
+                    activated: now,
+                };
+                msg.outstanding += 1;
+                self.dests
+                    .push(key.clone(), job, self.settings.initial_concurrency, conc);
+            }
+        }
+        let nothing_to_do = msg.outstanding == 0;
+        self.active.insert(id.clone(), msg);
+        if nothing_to_do {
+            self.finish(ctx, id);
+        } else {
+            self.pump(ctx);
+        }
+    }
+
+    /// Starts as many jobs as the windows and process limits allow.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let limits: HashMap<String, usize> = self
+            .agents
+            .iter()
+            .map(|(k, (_, m))| (k.clone(), *m))
+            .collect();
+        while let Some((key, job)) = self.dests.next(&|t| limits.get(t).copied().unwrap_or(0)) {
+            let id = job.queue_id.clone();
+            let indexes: Vec<usize> = job.recipients.iter().map(|r| r.index).collect();
+            match self.agents.get(&key.transport) {
+                None => {
+                    let out = indexes
+                        .iter()
+                        .map(|&i| {
+                            (
+                                i,
+                                Outcome::deferred(
+                                    "4.3.0",
+                                    format!(
+                                        "mail transport unavailable: no master.cf service {}",
+                                        key.transport
+                                    ),
+                                ),
+                            )
+                        })
+                        .collect();
+                    self.job_done(ctx, key, id, indexes, out);
+                }
+                Some((agent, _)) => {
+                    let fut = agent.send(Deliver(job));
+                    ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                        let out = res.unwrap_or_default();
+                        act.job_done(ctx, key, id, indexes, out);
+                    }));
+                }
+            }
+        }
+    }
+
+    fn job_done(
+        &mut self,
+        ctx: &mut Context<Self>,
+        key: DestKey,
+        id: String,
+        indexes: Vec<usize>,
+        out: Vec<(usize, Outcome)>,
+    ) {
+        let success = out
+            .iter()
+            .any(|(_, o)| !matches!(o, Outcome::Deferred { .. }));
+        self.dests.done(&key, success);
+        if let Some(msg) = self.active.get_mut(&id) {
+            let got: HashMap<usize, Outcome> = out.into_iter().collect();
+            for i in indexes {
+                let o = got.get(&i).cloned().unwrap_or_else(|| {
+                    Outcome::deferred("4.3.0", "delivery agent reported no result")
+                });
+                msg.outcomes.insert(i, o);
+            }
+            msg.outstanding = msg.outstanding.saturating_sub(1);
+            // Record outcomes as they come, so a restart does not deliver twice.
+            let outcomes = msg.outcomes.clone();
+            let q = self.queue.clone();
+            let idc = id.clone();
+            let done = msg.outstanding == 0;
+            let fut = async move {
+                let r = q
+                    .update(&idc, QueueName::Active, move |rec| {
+                        apply_outcomes(rec, &outcomes)
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!("{idc}: cannot record delivery status: {e}");
+                }
+                let _ = q.durable().await;
+            };
+            ctx.spawn(fut.into_actor(self).map(move |_, act, ctx| {
+                if done {
+                    act.finish(ctx, id);
+                }
+            }));
+        }
+        self.pump(ctx);
+    }
+
+    /// All jobs of a message are done: notices, then deferred or removed.
+    fn finish(&mut self, ctx: &mut Context<Self>, id: String) {
+        let Some(mut msg) = self.active.remove(&id) else {
+            return;
+        };
+        apply_outcomes(&mut msg.record, &msg.outcomes);
+        let s = self.settings.clone();
+        let env = msg.record.envelope.clone();
+        let now = secs_now();
+        let age = Duration::from_secs((now - msg.record.meta.arrival_time).max(0) as u64);
+        let lifetime = if env.sender.is_empty() {
+            s.bounce_queue_lifetime
+        } else {
+            s.maximal_queue_lifetime
+        };
+        let mut pending: Vec<usize> = env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.status == RcptStatus::Pending)
+            .map(|(i, _)| i)
+            .collect();
+        if !pending.is_empty() && age >= lifetime && !msg.record.meta.forced_expire {
+            tracing::info!(
+                "{id}: from=<{}>, status=expired, returned to sender",
+                env.sender
+            );
+            for &i in &pending {
+                let r = &msg.record.envelope.recipients[i];
+                // Postfix keeps the last (temporary) status in the notice of an expired message.
+                let o = Outcome::bounced(
+                    r.dsn_status.as_deref().unwrap_or("4.4.7"),
+                    r.reason.clone().unwrap_or_else(|| "message expired".into()),
+                );
+                msg.outcomes.insert(i, o);
+            }
+            apply_outcomes(&mut msg.record, &msg.outcomes);
+            pending.clear();
+        }
+        // Recipients that bounced in this round, and successes that asked for a notice.
+        let bounced: Vec<usize> = msg
+            .outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Bounced { .. }))
+            .map(|(i, _)| *i)
+            .collect();
+        let success: Vec<usize> = msg
+            .outcomes
+            .iter()
+            .filter(|(i, o)| {
+                matches!(o, Outcome::Sent { .. })
+                    && msg.record.envelope.recipients[**i].notify.success
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        let warn_delay = !pending.is_empty()
+            && !s.delay_warning_time.is_zero()
+            && age >= s.delay_warning_time
+            && !msg.record.meta.delay_warned
+            && !env.sender.is_empty();
+        let delay_rcpts: Vec<usize> = if warn_delay {
+            pending
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let n = msg.record.envelope.recipients[i].notify;
+                    if n.explicit {
+                        n.delay
+                    } else {
+                        true
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let q = self.queue.clone();
+        let content = msg.content.clone();
+        let record = msg.record.clone();
+        let outcomes = msg.outcomes.clone();
+        let idc = id.clone();
+        let fut = async move {
+            let notify_failure: Vec<usize> = bounced
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let n = record.envelope.recipients[i].notify;
+                    !n.never && (!n.explicit || n.failure)
+                })
+                .collect();
+            if !env.sender.is_empty() && !notify_failure.is_empty() {
+                send_notice(
+                    &q,
+                    &s,
+                    &idc,
+                    &record,
+                    &content,
+                    Kind::Failure,
+                    &notify_failure,
+                    &outcomes,
+                    "sender non-delivery notification",
+                )
+                .await;
+            }
+            if !env.sender.is_empty() && !success.is_empty() {
+                send_notice(
+                    &q,
+                    &s,
+                    &idc,
+                    &record,
+                    &content,
+                    Kind::Success,
+                    &success,
+                    &outcomes,
+                    "sender delivery status notification",
+                )
+                .await;
+            }
+            if !delay_rcpts.is_empty() {
+                send_notice(
+                    &q,
+                    &s,
+                    &idc,
+                    &record,
+                    &content,
+                    Kind::Delay,
+                    &delay_rcpts,
+                    &outcomes,
+                    "sender delay notification",
+                )
+                .await;
+            }
+            if pending.is_empty() {
+                match q.delete(&idc, &[QueueName::Active]).await {
+                    Ok(Some(_)) => tracing::info!("{idc}: removed"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("{idc}: cannot remove: {e}"),
+                }
+            } else {
+                let attempts = record.meta.attempts + 1;
+                let shift = attempts.saturating_sub(1).min(20);
+                let backoff = (s.minimal_backoff.as_secs().saturating_mul(1u64 << shift)).clamp(
+                    s.minimal_backoff.as_secs(),
+                    s.maximal_backoff.as_secs().max(s.minimal_backoff.as_secs()),
+                );
+                let last = pending
+                    .iter()
+                    .find_map(|&i| record.envelope.recipients[i].reason.clone());
+                let warned = record.meta.delay_warned || !delay_rcpts.is_empty();
+                let r = q
+                    .transition(
+                        &idc,
+                        &[QueueName::Active],
+                        QueueName::Deferred,
+                        move |rec| {
+                            apply_outcomes(rec, &outcomes);
+                            rec.meta.attempts = attempts;
+                            rec.meta.next_attempt = secs_now() + backoff as i64;
+                            rec.meta.last_reason = last.clone();
+                            rec.meta.delay_warned = warned;
+                        },
+                    )
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!("{idc}: cannot defer: {e}");
+                }
+            }
+            let _ = q.durable().await;
+        };
+        ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
+            // Room freed: pick up whatever waits in incoming.
+            act.scan(ctx, false, false, None);
+        }));
+    }
+}
+
+/// Writes this round's outcomes into the record's recipients.
+fn apply_outcomes(rec: &mut Record, outcomes: &HashMap<usize, Outcome>) {
+    for (&i, o) in outcomes {
+        let Some(r) = rec.envelope.recipients.get_mut(i) else {
+            continue;
+        };
+        match o {
+            Outcome::Sent { dsn, .. } => {
+                r.status = RcptStatus::Delivered;
+                r.dsn_status = Some(dsn.clone());
+                r.reason = None;
+            }
+            Outcome::Deferred { dsn, reason } => {
+                r.status = RcptStatus::Pending;
+                r.dsn_status = Some(dsn.clone());
+                r.reason = Some(reason.clone());
+            }
+            Outcome::Bounced { dsn, reason } => {
+                r.status = RcptStatus::Bounced;
+                r.dsn_status = Some(dsn.clone());
+                r.reason = Some(reason.clone());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_notice(
+    q: &Queue,
+    s: &Settings,
+    id: &str,
+    record: &Record,
+    content: &[u8],
+    kind: Kind,
+    idx: &[usize],
+    outcomes: &HashMap<usize, Outcome>,
+    what: &str,
+) {
+    let notice_id = match q.new_id().await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("{id}: cannot create {what}: {e}");
+            return;
+        }
+    };
+    let rcpts: Vec<NoticeRcpt> = idx
+        .iter()
+        .filter_map(|&i| {
+            let r = record.envelope.recipients.get(i)?;
+            let o = outcomes.get(&i);
+            let (status, reason) = match o {
+                Some(o) => (o.dsn().to_string(), o.text().to_string()),
+                None => (
+                    r.dsn_status.clone().unwrap_or_else(|| "4.0.0".into()),
+                    r.reason.clone().unwrap_or_default(),
+                ),
+            };
+            let diagnostic = Some(match reason.split_once(" said: ") {
+                Some((_, said)) => format!(
+                    "smtp; {}",
+                    said.split(" (in reply to").next().unwrap_or(said)
+                ),
+                None => format!("X-Postfix; {reason}"),
+            });
+            let remote_mta = reason
+                .strip_prefix("host ")
+                .and_then(|r| r.split_once('['))
+                .map(|(h, _)| format!("dns; {h}"));
+            Some(NoticeRcpt {
+                address: r.address.clone(),
+                orcpt: r.orcpt.clone(),
+                status,
+                reason,
+                remote_mta,
+                diagnostic,
+            })
+        })
+        .collect();
+    let now = Local::now();
+    let arrival = Local
+        .timestamp_opt(record.meta.arrival_time, 0)
+        .single()
+        .unwrap_or(now);
+    let body = notice::build(&Notice {
+        kind,
+        myhostname: &s.myhostname,
+        mail_name: &s.mail_name,
+        queue_id: id,
+        notice_id: &notice_id,
+        sender: &record.envelope.sender,
+        arrival,
+        now,
+        recipients: &rcpts,
+        original: content,
+        ret: record.envelope.ret,
+        envid: record.envelope.envid.as_deref(),
+        size_limit: s.bounce_size_limit,
+    });
+    let mut rcpt = Recipient::new(record.envelope.sender.clone());
+    rcpt.notify.never = true;
+    let rec = Record {
+        envelope: Envelope {
+            sender: String::new(),
+            recipients: vec![rcpt],
+            ..Default::default()
+        },
+        origin: Origin {
+            protocol: "local".into(),
+            service: "bounce".into(),
+            ..Default::default()
+        },
+        meta: Meta::default(),
+    };
+    let mid = format!(
+        "<{}.{}@{}>",
+        now.format("%Y%m%d%H%M%S"),
+        notice_id,
+        s.myhostname
+    );
+    match q.commit(&notice_id, QueueName::Incoming, rec, body).await {
+        Ok(()) => {
+            let cleanup_span = crate::log::service_span!(crate::log::tag("postfix", "cleanup"));
+            cleanup_span.in_scope(|| tracing::info!("{notice_id}: message-id={mid}"));
+            let bounce_span = crate::log::service_span!(crate::log::tag("postfix", "bounce"));
+            bounce_span.in_scope(|| tracing::info!("{id}: {what}: {notice_id}"));
+        }
+        Err(e) => tracing::warn!("{id}: cannot queue {what}: {e}"),
+    }
+}
+
+impl Actor for Qmgr {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.scan(ctx, true, false, None);
+        // Incoming is watched through events; this scan only catches what an event missed.
+        ctx.run_interval(Duration::from_secs(2), |act, ctx| {
+            act.scan(ctx, false, false, None)
+        });
+        let every = self.settings.queue_run_delay.max(Duration::from_secs(1));
+        ctx.run_interval(every, |act, ctx| act.scan(ctx, true, false, None));
+    }
+}
+
+impl Handler<Event> for Qmgr {
+    type Result = ();
+
+    fn handle(&mut self, Event(ev): Event, ctx: &mut Self::Context) {
+        match ev {
+            QueueEvent::NewIncoming(id) => {
+                if self.room() > 0 {
+                    self.activate(ctx, id);
+                }
+            }
+            QueueEvent::Flush => self.scan(ctx, true, true, None),
+            QueueEvent::FlushSite(site) => self.scan(ctx, true, true, Some(site)),
+            QueueEvent::DeliverOne(id) => self.activate(ctx, id),
+            QueueEvent::Requeued => self.scan(ctx, true, false, None),
+            QueueEvent::NewMaildrop(_) => {}
+        }
+    }
+}
+
+impl Handler<Reload> for Qmgr {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reload, ctx: &mut Self::Context) {
+        self.settings = msg.settings;
+        self.rewriter = msg.rewriter;
+        self.agents = msg.agents;
+        self.pump(ctx);
+    }
+}

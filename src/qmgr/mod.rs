@@ -1,0 +1,50 @@
+//! NAME
+//!   qmgr - the queue manager
+//!
+//! SUMMARY
+//!   Moves messages from incoming and deferred into active, hands their recipients to the
+//!   delivery agents per destination, and records what happened.
+//!
+//! DESCRIPTION
+//!   The queue is the truth; qmgr keeps in memory only the active messages
+//!   (qmgr_message_active_limit) and its per-destination queues. Each active message's
+//!   pending recipients are resolved by trivial-rewrite into (transport, next hop) and grouped
+//!   into jobs of at most destination_recipient_limit recipients. Destinations are served
+//!   round-robin, each with a concurrency window that starts at
+//!   initial_destination_concurrency, grows with each success up to the transport's
+//!   `_destination_concurrency_limit` (default_destination_concurrency_limit) and shrinks on
+//!   failures; the transport's master.cf maxproc caps the total. Every outcome is written to
+//!   the record before the message moves on: all done → removed (after any notice is durably
+//!   queued); some deferred → deferred with an exponential backoff between
+//!   minimal_backoff_time and maximal_backoff_time; too old (maximal_queue_lifetime,
+//!   bounce_queue_lifetime for notices) or force-expired → returned to sender. Bounced
+//!   recipients produce one non-delivery notice per message, NOTIFY=SUCCESS a success notice,
+//!   and delay_warning_time a single delay warning.
+//!
+//!   `postqueue -f` and `postsuper -r/-H/-f` act at once (queue events); ETRN and
+//!   `postqueue -s site` flush one destination; otherwise the deferred queue is scanned every
+//!   queue_run_delay.
+//!
+//! QUEUES
+//!   incoming → active; deferred → active; active → deferred | removed.
+//!
+//! MESSAGES
+//!   Handles `Event` (queue events), `Reload`; sends `delivery::agent::Deliver` to the
+//!   delivery agents and receives their outcomes.
+//!
+//! SECURITY
+//!   Nothing from the network decides where mail goes except through the administrator's
+//!   tables (trivial-rewrite).
+//!
+//! CONFIGURATION PARAMETERS
+//!   qmgr_message_active_limit (20000), queue_run_delay (300s), minimal_backoff_time (300s),
+//!   maximal_backoff_time (4000s), maximal_queue_lifetime (5d), bounce_queue_lifetime (5d),
+//!   delay_warning_time (0h), initial_destination_concurrency (5),
+//!   default_destination_concurrency_limit (20), default_destination_recipient_limit (50),
+//!   bounce_size_limit (50000), `transport`_destination_concurrency_limit,
+//!   `transport`_destination_recipient_limit
+
+pub mod dest;
+pub mod manager;
+
+pub use manager::{Event, Qmgr, Settings};
