@@ -495,3 +495,24 @@ fn running_daemon_tools_use_the_socket() {
     assert_eq!(rt.block_on(q.content(&id)).unwrap().unwrap(), b"hi\n\n.");
     rt.shutdown_background();
 }
+
+/// The daemon holds the database but its socket does not answer: the tools cannot read
+/// the queue either way and say the mail system is down (EX_UNAVAILABLE), never a crash.
+#[test]
+fn locked_database_without_socket_is_mail_system_down() {
+    let e = env();
+    let _q = Queue::open(&e.qdir, false).unwrap();
+    stale_socket(&e);
+    let o = run(&e, env!("CARGO_BIN_EXE_postqueue"), &["-p"]);
+    assert_eq!(o.status.code(), Some(69));
+    assert_eq!(
+        text(&o.stderr),
+        "postqueue: fatal: Queue report unavailable - mail system is down\n"
+    );
+    let o = run(&e, env!("CARGO_BIN_EXE_postqueue"), &["-f"]);
+    let (_, gerr, grc) = golden("postqueue-f-mail-system-down.txt").unwrap();
+    assert_eq!((text(&o.stderr), o.status.code()), (gerr, Some(grc)));
+    let o = run(&e, env!("CARGO_BIN_EXE_postsuper"), &["-d", "ALL"]);
+    assert_eq!(o.status.code(), Some(69));
+    assert!(text(&o.stderr).starts_with("postsuper: fatal: mail system is down"));
+}

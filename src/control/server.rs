@@ -450,3 +450,80 @@ impl Handler for QueueHandler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn operator_requests_need_root_or_the_daemon_uid() {
+        let me = unsafe { libc::geteuid() };
+        let other = if me == 4242 { 4243 } else { 4242 };
+        assert!(allowed(&Peer {
+            uid: Some(0),
+            pid: None
+        }));
+        assert!(allowed(&Peer {
+            uid: Some(me),
+            pid: None
+        }));
+        assert!(!allowed(&Peer {
+            uid: Some(other),
+            pid: None
+        }));
+        assert!(!allowed(&Peer {
+            uid: None,
+            pid: None
+        }));
+        assert!(privileged(&Request::Fetch { id: "A".into() }));
+        assert!(!privileged(&Request::List));
+        assert!(!privileged(&Request::Flush));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(dir.path()).unwrap();
+        let cfg = crate::config::Config::from_text(dir.path(), "").unwrap();
+        let h = Arc::new(QueueHandler::new(Queue::memory(), &cfg));
+        let server = tokio::spawn(serve(listener, h));
+        let path = crate::control::socket_path(dir.path());
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"{\"op\":\"nonsense\"}\n").await.unwrap();
+        let mut reply = String::new();
+        let mut r = BufReader::new(s);
+        tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        let resp: Response = serde_json::from_str(&reply).unwrap();
+        assert!(
+            matches!(
+                resp,
+                Response::Error {
+                    code: exit::EX_DATAERR,
+                    ..
+                }
+            ),
+            "{reply}"
+        );
+        // The server still answers others.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"{\"op\":\"ping\"}\n{\"op\":\"status\"}\n")
+            .await
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let mut l1 = String::new();
+        let mut l2 = String::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            r.read_line(&mut l1).await.unwrap();
+            r.read_line(&mut l2).await.unwrap();
+        })
+        .await
+        .unwrap();
+        assert!(l1.starts_with("{\"reply\":\"pong\""), "{l1}");
+        assert!(l2.starts_with("{\"reply\":\"status\""), "{l2}");
+        server.abort();
+    }
+}

@@ -4,7 +4,8 @@
 //! SUMMARY
 //!   `Queue::open($queue_directory)`; `commit`/`enqueue` a new message (durable on return);
 //!   `transition` it between Postfix's queues; `list`, `get`, `content`; operator actions
-//!   `hold`, `release`, `requeue`, `expire`, `delete`.
+//!   `hold`, `release`, `requeue`, `expire`, `delete`; `reinject` (pickup: maildrop →
+//!   incoming under a new ID, atomically).
 //!
 //! DESCRIPTION
 //!   Every message is one record (envelope, origin, metadata; bincode 2) plus its content,
@@ -575,6 +576,66 @@ impl Queue {
             self.durable().await?;
         }
         Ok(gone)
+    }
+
+    /// Re-injection under a new queue ID, as pickup does for maildrop (Postfix logs
+    /// `NEWID: ... orig_id=OLDID`): if `old` is in one of `from`, it becomes a fresh ID in
+    /// `to` with `edit` applied, content and all, in one transaction, flushed before
+    /// returning. Returns the new ID, or None when `old` was not there.
+    pub async fn reinject(
+        &self,
+        old: &str,
+        from: &[QueueName],
+        to: QueueName,
+        edit: impl Fn(&mut Record) + Send + 'static,
+    ) -> Result<Option<String>, QueueError> {
+        let oldc = old.to_string();
+        let from = from.to_vec();
+        let long = self.inner.long_ids;
+        let new = self
+            .blocking(move |s| {
+                // Bounded retries only guard against a wrapped short-form counter.
+                for _ in 0..8 {
+                    let new = id::make(s.generate_id()?, long);
+                    let mut err = None;
+                    let done = s.rename(&oldc, &new, &mut |state: u8, bytes: &[u8]| {
+                        err = None;
+                        let q = QueueName::from_byte(state)?;
+                        if !from.contains(&q) {
+                            return None;
+                        }
+                        let mut rec = decode(&oldc, bytes).ok()?;
+                        edit(&mut rec);
+                        match encode(&rec) {
+                            Ok(b) => Some((to.byte(), b)),
+                            Err(e) => {
+                                err = Some(e);
+                                None
+                            }
+                        }
+                    })?;
+                    if let Some(e) = err {
+                        return Err(e);
+                    }
+                    if done {
+                        return Ok(Some(new));
+                    }
+                    if s.get(&new)?.is_none() {
+                        // Not a collision: the old message is absent or elsewhere.
+                        return Ok(None);
+                    }
+                }
+                Err(QueueError::Exists("(eight collisions)".into()))
+            })
+            .await?;
+        if let Some(n) = &new {
+            self.durable().await?;
+            self.notify(match to {
+                QueueName::Maildrop => QueueEvent::NewMaildrop(n.clone()),
+                _ => QueueEvent::NewIncoming(n.clone()),
+            });
+        }
+        Ok(new)
     }
 
     /// `postsuper -h`: maildrop/incoming/active/deferred → hold.

@@ -57,6 +57,15 @@ pub trait Spool: Send + Sync + 'static {
         id: &str,
         f: &mut dyn FnMut(u8, &[u8]) -> Change,
     ) -> Result<Option<Change>, SpoolError>;
+    /// Atomically moves message `old` (record and content) to the new ID `new` with a new
+    /// state and record. False (nothing changed) when `old` is absent, `new` exists, or
+    /// `f` returns None for the current record.
+    fn rename(
+        &self,
+        old: &str,
+        new: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Option<(u8, Vec<u8>)>,
+    ) -> Result<bool, SpoolError>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), SpoolError>;
     /// A number unique across restarts, for queue IDs.
@@ -162,6 +171,28 @@ impl Spool for MemSpool {
             }
         }
         Ok(Some(change))
+    }
+    fn rename(
+        &self,
+        old: &str,
+        new: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Option<(u8, Vec<u8>)>,
+    ) -> Result<bool, SpoolError> {
+        let mut g = self.lock()?;
+        if g.records.contains_key(new) {
+            return Ok(false);
+        }
+        let Some((state, rec)) = g.records.get(old).cloned() else {
+            return Ok(false);
+        };
+        let Some((s, r)) = f(state, &rec) else {
+            return Ok(false);
+        };
+        g.records.remove(old);
+        let content = g.content.remove(old).unwrap_or_default();
+        g.records.insert(new.to_string(), (s, r));
+        g.content.insert(new.to_string(), content);
+        Ok(true)
     }
     fn flush(&self) -> Result<(), SpoolError> {
         Ok(())
@@ -298,6 +329,38 @@ impl Spool for SledSpool {
                     }
                 }
                 Ok::<_, ConflictableTransactionError<SpoolError>>(Some(change))
+            })
+            .map_err(tx_err)
+    }
+    fn rename(
+        &self,
+        old: &str,
+        new: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Option<(u8, Vec<u8>)>,
+    ) -> Result<bool, SpoolError> {
+        let f = std::cell::RefCell::new(f);
+        (&self.records, &self.content, &self.index)
+            .transaction(|(r, c, i)| {
+                if r.get(new.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
+                let Some(v) = r.get(old.as_bytes())? else {
+                    return Ok(false);
+                };
+                let (state, rec) = split(&v);
+                let Some((s, newrec)) = (f.borrow_mut())(state, rec) else {
+                    return Ok(false);
+                };
+                let content = c.remove(old.as_bytes())?.unwrap_or_default();
+                r.remove(old.as_bytes())?;
+                i.remove(index_key(state, old))?;
+                let mut nv = Vec::with_capacity(newrec.len() + 1);
+                nv.push(s);
+                nv.extend_from_slice(&newrec);
+                r.insert(new.as_bytes(), nv)?;
+                c.insert(new.as_bytes(), content)?;
+                i.insert(index_key(s, new), Vec::<u8>::new())?;
+                Ok::<bool, ConflictableTransactionError<SpoolError>>(true)
             })
             .map_err(tx_err)
     }

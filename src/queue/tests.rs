@@ -12,6 +12,49 @@ fn rec(sender: &str, rcpts: &[&str]) -> Record {
     }
 }
 
+async fn reinject_on(q: Queue) {
+    let old = q
+        .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), b"body".to_vec())
+        .await
+        .unwrap();
+    // Not in the named queue: nothing happens.
+    assert_eq!(
+        q.reinject(&old, &[QueueName::Hold], QueueName::Incoming, |_| {})
+            .await
+            .unwrap(),
+        None
+    );
+    let new = q
+        .reinject(&old, &[QueueName::Maildrop], QueueName::Incoming, |r| {
+            r.envelope.sender = "c@x".into()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(new, old);
+    assert!(q.get(&old).await.unwrap().is_none());
+    assert!(q.content(&old).await.unwrap().is_none());
+    let m = q.get(&new).await.unwrap().unwrap();
+    assert_eq!(
+        (m.queue, m.record.envelope.sender.as_str()),
+        (QueueName::Incoming, "c@x")
+    );
+    assert_eq!(q.content(&new).await.unwrap().unwrap(), b"body");
+    assert_eq!(q.ids(QueueName::Incoming).await.unwrap(), vec![new]);
+    assert!(q.ids(QueueName::Maildrop).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reinject_memory() {
+    reinject_on(Queue::memory()).await;
+}
+
+#[tokio::test]
+async fn reinject_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    reinject_on(Queue::open(dir.path(), false).unwrap()).await;
+}
+
 async fn transitions_on(q: Queue) {
     let id = q
         .enqueue(

@@ -2,7 +2,7 @@
 //!   showq - the queue listing, in Postfix's `mailq` and `postqueue -j` formats
 //!
 //! SUMMARY
-//!   `format_text(&entries)` and `format_json(&entries)` turn [`Entry`] lists (from the
+//!   `format_text(&entries, long_ids)` and `format_json(&entries)` turn [`Entry`] lists (from the
 //!   control socket or the queue directly) into exactly what Postfix prints.
 //!
 //! DESCRIPTION
@@ -29,6 +29,9 @@ use crate::queue::QueueName;
 
 /// Postfix's header line for short queue IDs.
 pub const HEADER: &str = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------";
+/// The header line with `enable_long_queue_ids = yes`.
+pub const LONG_HEADER: &str =
+    "----Queue ID----- --Size-- ---Arrival Time---- --Sender/Recipient------";
 
 fn sender(s: &str) -> &str {
     if s.is_empty() {
@@ -47,52 +50,66 @@ fn arrival(t: i64) -> String {
     }
 }
 
-fn status_char(e: &Entry) -> &'static str {
+/// The ID decorated as Postfix does: `*` active, `!` hold, then `#` when force-expired.
+fn decorated_id(e: &Entry) -> String {
+    let mut id = e.queue_id.clone();
     match e.queue_name {
-        QueueName::Active => "*",
-        QueueName::Hold => "!",
-        _ if e.forced_expire => "#",
-        _ => "",
+        QueueName::Active => id.push('*'),
+        QueueName::Hold => id.push('!'),
+        _ => {}
     }
+    if e.forced_expire {
+        id.push('#');
+    }
+    id
 }
 
-/// The `postqueue -p` / `mailq` listing.
-pub fn format_text(entries: &[Entry]) -> String {
+/// The `postqueue -p` / `mailq` listing; `long` is `enable_long_queue_ids` (wider columns).
+pub fn format_text(entries: &[Entry], long: bool) -> String {
     if entries.is_empty() {
         return "Mail queue is empty\n".into();
     }
     let mut out = String::new();
-    out.push_str(HEADER);
+    out.push_str(if long { LONG_HEADER } else { HEADER });
     out.push('\n');
     let mut total: u64 = 0;
-    for e in entries {
-        total = total.saturating_add(e.message_size);
-        let id = format!("{}{}", e.queue_id, status_char(e));
-        let _ = writeln!(
-            out,
-            "{:<11}{:>8} {}  {}",
-            id,
-            e.message_size,
-            arrival(e.arrival_time),
-            sender(&e.sender)
-        );
-        let mut last: Option<&Option<String>> = None;
-        for (addr, reason) in &e.recipients {
-            if last != Some(reason) {
-                if let Some(r) = reason {
-                    let pad = 76usize.saturating_sub(r.chars().count());
-                    let _ = writeln!(out, "{:pad$}({})", "", r, pad = pad);
-                }
-                last = Some(reason);
-            }
-            let _ = writeln!(out, "{:41}{}", "", addr);
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
         }
-        out.push('\n');
+        total = total.saturating_add(e.message_size);
+        let id = decorated_id(e);
+        let t = arrival(e.arrival_time);
+        let from = sender(&e.sender);
+        // Short IDs: the time column is 20 wide (asctime's trailing blank); long: 19.
+        let _ = if long {
+            writeln!(out, "{id:<17} {:>8} {t} {from}", e.message_size)
+        } else {
+            writeln!(out, "{id:<11} {:>7} {t}  {from}", e.message_size)
+        };
+        let indent = if long { 47 } else { 41 };
+        // A reason line precedes each run of recipients sharing it; a recipient without
+        // a reason after one with a reason gets "(reason unavailable)".
+        let mut last = String::new();
+        for (addr, reason) in &e.recipients {
+            let why = reason.as_deref().unwrap_or("");
+            if why != last {
+                last = why.to_string();
+                let show = if why.is_empty() {
+                    "reason unavailable"
+                } else {
+                    why
+                };
+                let pad = 76usize.saturating_sub(show.len());
+                let _ = writeln!(out, "{:pad$}({show})", "");
+            }
+            let _ = writeln!(out, "{:indent$}{addr}", "");
+        }
     }
     let n = entries.len();
     let _ = writeln!(
         out,
-        "-- {} Kbytes in {} Request{}.",
+        "\n-- {} Kbytes in {} Request{}.",
         total / 1024,
         n,
         if n == 1 { "" } else { "s" }
@@ -174,13 +191,35 @@ mod tests {
                 &[("judy@example.net", Some(&held))],
             ),
         ];
-        let out = format_text(&list);
+        let out = format_text(&list, false);
         let t = arrival(1_795_421_655);
         let want = format!(
             "{HEADER}\n59A0A9AA1B2     451 {t}  MAILER-DAEMON\n                   ({REFUSED})\n                                         postmaster@example.net\n\n5ACB19AA1B5!     376 {t}  ivan@example.com\n({held})\n                                         judy@example.net\n\n-- 0 Kbytes in 2 Requests.\n"
         );
         assert_eq!(out, want);
-        assert_eq!(format_text(&[]), "Mail queue is empty\n");
+        assert_eq!(format_text(&[], false), "Mail queue is empty\n");
+        // Hold and force-expired together; a reason-less recipient after a reason.
+        let mut m = e(
+            QueueName::Hold,
+            "ABC",
+            12,
+            "a@b",
+            &[("x@y", Some("r")), ("z@y", None)],
+        );
+        m.forced_expire = true;
+        let out = format_text(&[m], true);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(LONG_HEADER));
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("ABC!#                   12 {t} a@b")
+        );
+        assert_eq!(lines.next().unwrap(), format!("{:75}(r)", ""));
+        assert_eq!(lines.next().unwrap(), format!("{:47}x@y", ""));
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("{:58}(reason unavailable)", "")
+        );
     }
 
     #[test]
@@ -300,7 +339,7 @@ pub fn postqueue_main(prog: &str, args: &[String]) -> i32 {
         Ok((Response::List { entries }, _)) => {
             let text = match mode {
                 Mode::Json => format_json(&entries),
-                _ => format_text(&entries),
+                _ => format_text(&entries, cfg.get_bool("enable_long_queue_ids")),
             };
             use std::io::Write;
             let mut out = std::io::stdout().lock();
