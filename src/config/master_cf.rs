@@ -23,7 +23,17 @@ use thiserror::Error;
 /// The daemons relais implements, by master.cf command name. The master adds to it as
 /// daemons land; any other command is reported and its service is not started.
 pub const IMPLEMENTED_COMMANDS: &[&str] = &[
-    "smtpd", "pickup", "cleanup", "qmgr", "showq", "bounce", "error", "discard",
+    "smtpd",
+    "pickup",
+    "cleanup",
+    "qmgr",
+    "showq",
+    "bounce",
+    "error",
+    "discard",
+    "virtual",
+    "trivial-rewrite",
+    "anvil",
 ];
 
 /// The column names as `postconf -F` prints them (also the `-Fe` field names).

@@ -9,6 +9,11 @@ use tracing::Instrument;
 
 use super::{Job, Outcome, Transport};
 
+/// Delivery agents by transport name, with their maxproc: qmgr's view of master.cf, kept
+/// current by the master as agents start and restart.
+pub type AgentTable =
+    Arc<std::sync::RwLock<std::collections::HashMap<String, (Addr<DeliveryAgent>, usize)>>>;
+
 /// Deliver one job; answers one outcome per recipient (missing ones mean "deferred").
 #[derive(Message)]
 #[rtype(result = "Vec<(usize, Outcome)>")]

@@ -57,6 +57,10 @@ pub fn queue_dir(cfg: &Config) -> PathBuf {
 /// Everything `relais check` reports, in file order; `fatal` ones make it exit non-zero.
 pub fn check(cfg: &Config) -> Vec<Problem> {
     let mut out = cfg.check();
+    out.extend(crate::config::master_cf::check_file(
+        &cfg.dir.join("master.cf"),
+        cfg,
+    ));
     let q = queue_dir(cfg);
     if let Err(e) = std::fs::create_dir_all(&q) {
         out.push(Problem {

@@ -1,30 +1,306 @@
-//! Which daemon each master.cf command names, and what they share (the queue, cleanup).
+//! Which daemon each master.cf command names, what they share (the queue, the address book),
+//! and the order they start in.
 
-use std::sync::Arc;
+use actix::prelude::*;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::supervisor::{ServiceSpec, Starter};
+use super::supervisor::{ActorHandle, ServiceHandle, ServiceSpec, Starter};
 use super::MasterError;
+use crate::cleanup::cleanup::{self as cleanup_actor, Cleanup};
+use crate::cleanup::message::Settings as CleanupSettings;
+use crate::config::master_cf::MasterCf;
 use crate::config::Config;
+use crate::delivery::agent::DeliveryAgent;
+use crate::delivery::Transport;
+use crate::pickup::{Pickup, Scan};
+use crate::qmgr::{self, Qmgr};
+use crate::queue::{Queue, QueueEvent};
+use crate::trivial_rewrite::Rewriter;
+
+pub use crate::delivery::agent::AgentTable;
+
+/// The master's address book: where each running service can be reached right now. A
+/// restarted service re-registers, so holders of the book always find the live one.
+#[derive(Default)]
+pub struct Registry {
+    pub cleanup: RwLock<Option<Addr<Cleanup>>>,
+    pub pickup: RwLock<Option<Addr<Pickup>>>,
+    pub qmgr: RwLock<Option<Addr<Qmgr>>>,
+    pub agents: AgentTable,
+}
 
 /// What every service of one master shares: opened once at start, kept across reloads.
-pub struct Shared {}
+pub struct Shared {
+    pub queue: Queue,
+    pub registry: Arc<Registry>,
+    rewriter: RwLock<Arc<Rewriter>>,
+    /// Transport names of the delivery rows (for per-transport limits).
+    transports: RwLock<Vec<String>>,
+    control: tokio::task::JoinHandle<()>,
+}
+
+fn setup(e: impl std::fmt::Display) -> MasterError {
+    MasterError::Setup(e.to_string())
+}
 
 impl Shared {
-    pub async fn open(_cfg: &Config) -> Result<Arc<Shared>, MasterError> {
-        Ok(Arc::new(Shared {}))
+    pub async fn open(cfg: &Config) -> Result<Arc<Shared>, MasterError> {
+        let qdir = PathBuf::from(cfg.get("queue_directory"));
+        let long = cfg.get_bool("enable_long_queue_ids");
+        let q2 = qdir.clone();
+        let queue = tokio::task::spawn_blocking(move || Queue::open(&q2, long))
+            .await
+            .map_err(setup)?
+            .map_err(|e| MasterError::Setup(format!("queue: {e}")))?;
+        let rewriter = Arc::new(
+            Rewriter::from_config(cfg)
+                .map_err(|e| MasterError::Setup(format!("address rewriting: {e}")))?,
+        );
+        let registry = Arc::new(Registry::default());
+        // Queue events go to whoever handles them now (pickup for maildrop, qmgr for the rest).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<QueueEvent>(4096);
+        queue.set_events(tx);
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match &ev {
+                    QueueEvent::NewMaildrop(_) => {
+                        if let Some(p) = reg.pickup.read().ok().and_then(|g| g.clone()) {
+                            p.do_send(Scan);
+                        }
+                    }
+                    QueueEvent::Requeued => {
+                        if let Some(p) = reg.pickup.read().ok().and_then(|g| g.clone()) {
+                            p.do_send(Scan);
+                        }
+                        if let Some(q) = reg.qmgr.read().ok().and_then(|g| g.clone()) {
+                            q.do_send(qmgr::Event(ev.clone()));
+                        }
+                    }
+                    _ => {
+                        if let Some(q) = reg.qmgr.read().ok().and_then(|g| g.clone()) {
+                            q.do_send(qmgr::Event(ev.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        let listener = crate::control::server::bind(&qdir).map_err(|e| {
+            MasterError::Setup(format!("control socket in {}: {e}", qdir.display()))
+        })?;
+        let handler = Arc::new(crate::control::server::QueueHandler::new(
+            queue.clone(),
+            cfg,
+        ));
+        let control = tokio::spawn(crate::control::serve(listener, handler));
+        Ok(Arc::new(Shared {
+            queue,
+            registry,
+            rewriter: RwLock::new(rewriter),
+            transports: RwLock::new(Vec::new()),
+            control,
+        }))
     }
 
-    pub fn reload(&self, _cfg: &Config) {}
+    pub fn rewriter(&self) -> Arc<Rewriter> {
+        self.rewriter
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
 
-    pub async fn shutdown(&self, _grace: Duration) {}
+    /// New tables and address classes after a reload (services get them with their Reload).
+    pub fn reload(&self, cfg: &Config) {
+        match Rewriter::from_config(cfg) {
+            Ok(r) => {
+                if let Ok(mut g) = self.rewriter.write() {
+                    *g = Arc::new(r);
+                }
+            }
+            Err(e) => tracing::warn!("reload: address rewriting: {e}; keeping the old tables"),
+        }
+    }
+
+    pub async fn shutdown(&self, grace: Duration) {
+        self.control.abort();
+        let q = self.queue.clone();
+        let _ = tokio::time::timeout(grace, q.durable()).await;
+    }
 }
 
-/// The master.cf rows relais runs, with their `-o` overrides.
-pub fn load_specs(_cfg: &Config) -> Result<Vec<ServiceSpec>, MasterError> {
-    Ok(Vec::new())
+/// The order rows start in: what others depend on first.
+fn rank(command: &str) -> u8 {
+    match command {
+        "cleanup" => 0,
+        "smtp" | "lmtp" | "virtual" | "error" | "discard" | "local" => 1,
+        "qmgr" => 2,
+        "pickup" => 3,
+        "smtpd" => 4,
+        _ => 5,
+    }
 }
 
-pub fn starter(_shared: Arc<Shared>) -> Starter {
-    Arc::new(|spec, _cfg| Err(format!("command {} is not implemented", spec.command)))
+/// Commands served inside other actors or the master itself (no actor of their own):
+/// bounce notices are written by qmgr, address rewriting is a library, showq is the control
+/// socket, and anvil's connection counting lives in smtpd.
+const BUILT_IN: &[&str] = &["bounce", "trivial-rewrite", "showq", "anvil"];
+
+/// The master.cf rows relais runs, with their `-o` overrides, in start order.
+pub fn load_specs(cfg: &Config) -> Result<Vec<ServiceSpec>, MasterError> {
+    let path = cfg.dir.join("master.cf");
+    let m = MasterCf::read(&path).map_err(|e| MasterError::Setup(e.to_string()))?;
+    let mut specs: Vec<ServiceSpec> = m
+        .services(cfg)
+        .into_iter()
+        .filter(|s| s.implemented())
+        .map(|s| ServiceSpec {
+            name: s.name.clone(),
+            kind: s.kind.as_str().to_string(),
+            command: s.command.clone(),
+            args: s.args.clone(),
+            maxproc: s.maxproc as usize,
+            wakeup: s.wakeup,
+            overrides: s.overrides.clone(),
+            line: s.line,
+        })
+        .collect();
+    specs.sort_by_key(|s| rank(&s.command));
+    Ok(specs)
+}
+
+/// A built-in service: alive as long as the master is.
+struct BuiltIn;
+impl ServiceHandle for BuiltIn {
+    fn alive(&self) -> bool {
+        true
+    }
+    fn reload(&self, _: Config) {}
+    fn stop(&self) {}
+}
+
+fn agent(
+    shared: &Shared,
+    spec: &ServiceSpec,
+    cfg: &Config,
+    transport: Arc<dyn Transport>,
+) -> Box<dyn ServiceHandle> {
+    let tag = spec.log_tag(cfg);
+    let addr = DeliveryAgent::new(transport, spec.maxproc, tag).start();
+    if let Ok(mut t) = shared.registry.agents.write() {
+        t.insert(spec.name.clone(), (addr.clone(), spec.maxproc));
+    }
+    if let Ok(mut t) = shared.transports.write() {
+        if !t.contains(&spec.name) {
+            t.push(spec.name.clone());
+        }
+    }
+    Box::new(ActorHandle {
+        addr,
+        on_reload: Box::new(|_, _| {}),
+        on_stop: Box::new(|_| {}),
+    })
+}
+
+pub fn starter(shared: Arc<Shared>) -> Starter {
+    Arc::new(move |spec, cfg| {
+        let sh = shared.clone();
+        let tag = spec.log_tag(&cfg);
+        match spec.command.as_str() {
+            c if BUILT_IN.contains(&c) => Ok(Box::new(BuiltIn) as Box<dyn ServiceHandle>),
+            "cleanup" => {
+                let settings =
+                    Arc::new(CleanupSettings::from_config(&cfg).map_err(|e| e.to_string())?);
+                let addr = Cleanup::new(sh.queue.clone(), settings, sh.rewriter(), tag).start();
+                if let Ok(mut g) = sh.registry.cleanup.write() {
+                    *g = Some(addr.clone());
+                }
+                let sh2 = sh.clone();
+                Ok(Box::new(ActorHandle {
+                    addr,
+                    on_reload: Box::new(move |a, cfg| match CleanupSettings::from_config(&cfg) {
+                        Ok(s) => a.do_send(cleanup_actor::Reload {
+                            settings: Arc::new(s),
+                            rewriter: sh2.rewriter(),
+                        }),
+                        Err(e) => tracing::warn!("reload: cleanup: {e}; keeping the old settings"),
+                    }),
+                    on_stop: Box::new(|_| {}),
+                }))
+            }
+            "pickup" => {
+                let cleanup = sh
+                    .registry
+                    .cleanup
+                    .read()
+                    .ok()
+                    .and_then(|g| g.clone())
+                    .ok_or("cleanup is not running yet")?;
+                let wakeup = Duration::from_secs(u64::from(spec.wakeup.max(1)));
+                let addr = Pickup::new(sh.queue.clone(), cleanup, wakeup).start();
+                if let Ok(mut g) = sh.registry.pickup.write() {
+                    *g = Some(addr.clone());
+                }
+                Ok(Box::new(ActorHandle {
+                    addr,
+                    on_reload: Box::new(|_, _| {}),
+                    on_stop: Box::new(|_| {}),
+                }))
+            }
+            "qmgr" => {
+                let transports = sh.transports.read().map(|t| t.clone()).unwrap_or_default();
+                let settings = qmgr::Settings::from_config(&cfg, &transports);
+                let addr = Qmgr::new(
+                    sh.queue.clone(),
+                    settings,
+                    sh.rewriter(),
+                    sh.registry.agents.clone(),
+                )
+                .start();
+                if let Ok(mut g) = sh.registry.qmgr.write() {
+                    *g = Some(addr.clone());
+                }
+                let sh2 = sh.clone();
+                Ok(Box::new(ActorHandle {
+                    addr,
+                    on_reload: Box::new(move |a, cfg| {
+                        let transports =
+                            sh2.transports.read().map(|t| t.clone()).unwrap_or_default();
+                        a.do_send(qmgr::manager::Reload {
+                            settings: qmgr::Settings::from_config(&cfg, &transports),
+                            rewriter: sh2.rewriter(),
+                        });
+                    }),
+                    on_stop: Box::new(|_| {}),
+                }))
+            }
+            "virtual" => {
+                let t = crate::r#virtual::VirtualTransport {
+                    base: PathBuf::from(cfg.get("virtual_mailbox_base")),
+                    rewriter: {
+                        let sh3 = sh.clone();
+                        Arc::new(move || sh3.rewriter())
+                    },
+                    hostname: cfg.get("myhostname"),
+                };
+                Ok(agent(&sh, spec, &cfg, Arc::new(t)))
+            }
+            "error" => Ok(agent(
+                &sh,
+                spec,
+                &cfg,
+                Arc::new(crate::error::ErrorTransport {
+                    temporary: spec.name == "retry",
+                }),
+            )),
+            "discard" => Ok(agent(
+                &sh,
+                spec,
+                &cfg,
+                Arc::new(crate::discard::DiscardTransport),
+            )),
+            other => Err(format!("command {other} is not implemented")),
+        }
+    })
 }

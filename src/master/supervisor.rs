@@ -17,6 +17,8 @@ pub struct ServiceSpec {
     pub args: Vec<String>,
     /// Parallelism allowed by the maxproc column (0: unlimited).
     pub maxproc: usize,
+    /// master.cf wakeup column in seconds (0: none).
+    pub wakeup: u32,
     pub overrides: Vec<(String, String)>,
     pub line: usize,
 }
@@ -330,6 +332,7 @@ mod tests {
             command: "echo".into(),
             args: vec![],
             maxproc: 1,
+            wakeup: 0,
             overrides: vec![],
             line: 1,
         };

@@ -44,45 +44,49 @@ impl Pickup {
             if msg.queue != QueueName::Maildrop {
                 return Ok(());
             }
+            let rec = msg.record;
+            let uid = rec.origin.uid.unwrap_or(0);
+            if rec.origin.service != super::SENDMAIL {
+                // Requeued by postsuper -r: already cleaned; move it under a new ID, atomically.
+                let sender = rec.envelope.sender.clone();
+                match q
+                    .reinject(&o2, &[QueueName::Maildrop], QueueName::Incoming, |r| {
+                        r.meta.next_attempt = 0
+                    })
+                    .await
+                {
+                    Ok(Some(new)) => {
+                        tracing::info!("{new}: uid={uid} from=<{sender}> orig_id={o2}")
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("{o2}: cannot re-inject: {e}")),
+                }
+                return Ok(());
+            }
             let content = q
                 .content(&o2)
                 .await
                 .map_err(|e| e.to_string())?
                 .unwrap_or_default();
             let new = q.new_id().await.map_err(|e| e.to_string())?;
-            let rec = msg.record;
-            let uid = rec.origin.uid.unwrap_or(0);
-            if rec.origin.service == super::SENDMAIL {
-                tracing::info!("{new}: uid={uid} from=<{}>", rec.envelope.sender);
-                let mut origin = rec.origin.clone();
-                origin.service = "pickup".into();
-                let sub = Submission {
-                    queue_id: new.clone(),
-                    envelope: rec.envelope,
-                    origin,
-                    content,
-                };
-                match cleanup.send(Enqueue(sub)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        // Refused by content checks: Postfix bounces it to the sender; we log
-                        // and keep it in maildrop for the operator rather than lose it silently.
-                        return Err(format!(
-                            "{o2}: cleanup refused the message: {e}; left in maildrop"
-                        ));
-                    }
-                    Err(e) => return Err(format!("{o2}: cleanup unavailable: {e}")),
+            tracing::info!("{new}: uid={uid} from=<{}>", rec.envelope.sender);
+            let mut origin = rec.origin.clone();
+            origin.service = "pickup".into();
+            let sub = Submission {
+                queue_id: new.clone(),
+                envelope: rec.envelope,
+                origin,
+                content,
+            };
+            match cleanup.send(Enqueue(sub)).await {
+                Ok(Ok(_)) => {}
+                // Refused by content checks: kept in maildrop for the operator rather than lost.
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "{o2}: cleanup refused the message: {e}; left in maildrop"
+                    ))
                 }
-            } else {
-                tracing::info!(
-                    "{new}: uid={uid} from=<{}> orig_id={o2}",
-                    rec.envelope.sender
-                );
-                let mut rec = rec;
-                rec.meta.next_attempt = 0;
-                q.commit(&new, QueueName::Incoming, rec, content)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                Err(e) => return Err(format!("{o2}: cleanup unavailable: {e}")),
             }
             q.delete(&o2, &[QueueName::Maildrop])
                 .await

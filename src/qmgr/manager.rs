@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::dest::{DestKey, Dests};
 use crate::bounce::notice::{self, Kind, Notice, Rcpt as NoticeRcpt};
 use crate::config::Config;
-use crate::delivery::agent::{Deliver, DeliveryAgent};
+use crate::delivery::agent::{AgentTable, Deliver, DeliveryAgent};
 use crate::delivery::{Job, JobRcpt, Outcome};
 use crate::envelope::{Envelope, Origin, RcptStatus, Recipient};
 use crate::queue::{Meta, Queue, QueueEvent, QueueName, Record};
@@ -26,7 +26,6 @@ pub struct Event(pub QueueEvent);
 pub struct Reload {
     pub settings: Settings,
     pub rewriter: Arc<Rewriter>,
-    pub agents: HashMap<String, (Addr<DeliveryAgent>, usize)>,
 }
 
 /// qmgr's view of the configuration.
@@ -113,8 +112,8 @@ pub struct Qmgr {
     queue: Queue,
     settings: Settings,
     rewriter: Arc<Rewriter>,
-    /// transport name → (agent, maxproc)
-    agents: HashMap<String, (Addr<DeliveryAgent>, usize)>,
+    /// transport name → (agent, maxproc), kept current by the master.
+    agents: AgentTable,
     active: HashMap<String, ActiveMsg>,
     activating: HashSet<String>,
     dests: Dests,
@@ -140,7 +139,7 @@ impl Qmgr {
         queue: Queue,
         settings: Settings,
         rewriter: Arc<Rewriter>,
-        agents: HashMap<String, (Addr<DeliveryAgent>, usize)>,
+        agents: AgentTable,
     ) -> Self {
         Qmgr {
             queue,
@@ -327,15 +326,14 @@ impl Qmgr {
 
     /// Starts as many jobs as the windows and process limits allow.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let limits: HashMap<String, usize> = self
-            .agents
-            .iter()
-            .map(|(k, (_, m))| (k.clone(), *m))
-            .collect();
+        let table: HashMap<String, (Addr<DeliveryAgent>, usize)> =
+            self.agents.read().map(|t| t.clone()).unwrap_or_default();
+        let limits: HashMap<String, usize> =
+            table.iter().map(|(k, (_, m))| (k.clone(), *m)).collect();
         while let Some((key, job)) = self.dests.next(&|t| limits.get(t).copied().unwrap_or(0)) {
             let id = job.queue_id.clone();
             let indexes: Vec<usize> = job.recipients.iter().map(|r| r.index).collect();
-            match self.agents.get(&key.transport) {
+            match table.get(&key.transport) {
                 None => {
                     let out = indexes
                         .iter()
@@ -756,7 +754,6 @@ impl Handler<Reload> for Qmgr {
     fn handle(&mut self, msg: Reload, ctx: &mut Self::Context) {
         self.settings = msg.settings;
         self.rewriter = msg.rewriter;
-        self.agents = msg.agents;
         self.pump(ctx);
     }
 }

@@ -31,7 +31,8 @@ use crate::trivial_rewrite::Rewriter;
 /// The `virtual` delivery agent.
 pub struct VirtualTransport {
     pub base: PathBuf,
-    pub rewriter: Arc<Rewriter>,
+    /// The current tables (they change on reload).
+    pub rewriter: Arc<dyn Fn() -> Arc<Rewriter> + Send + Sync>,
     pub hostname: String,
 }
 
@@ -48,7 +49,7 @@ fn mailbox_path(base: &Path, result: &str) -> Option<PathBuf> {
 impl Transport for VirtualTransport {
     fn deliver(&self, job: Job) -> BoxFuture<Vec<(usize, Outcome)>> {
         let base = self.base.clone();
-        let rewriter = self.rewriter.clone();
+        let rewriter = (self.rewriter)();
         let hostname = self.hostname.clone();
         Box::pin(async move {
             // File system work is blocking: keep it off the async workers.
