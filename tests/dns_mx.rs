@@ -106,7 +106,7 @@ async fn mx_answers_are_told_apart() {
         })
     );
     // Outside the server's zone: REFUSED, which may clear up: temporary.
-    let e = dns.mx("elsewhere.invalid").await.unwrap_err();
+    let e = dns.mx("elsewhere.example.org").await.unwrap_err();
     assert!(e.is_temporary(), "{e:?}");
     assert_eq!(
         dns.addrs("mx-b.example.test").await,
@@ -289,7 +289,7 @@ async fn mx_routing_fallback_null_mx_and_nxdomain() {
         )
     );
     let out = client
-        .deliver(job("u@elsewhere.invalid", "elsewhere.invalid"))
+        .deliver(job("u@elsewhere.example.org", "elsewhere.example.org"))
         .await;
     assert!(
         matches!(&out[0].1, Outcome::Deferred { dsn, reason } if dsn == "4.4.3" && reason.contains("try again")),

@@ -155,10 +155,11 @@ async fn delivers_to_smtp_sink_byte_for_byte() {
     );
     assert!(dump.contains("X-Rcpt-Args: <carol@example.net>"), "{dump}");
     assert!(dump.contains("X-Helo-Args: client.example.org"), "{dump}");
-    // The content arrives unchanged once smtp-sink has undone the dot-stuffing; it writes
-    // LF line ends into its dump.
-    let expected = String::from_utf8_lossy(MSG).replace("\r\n", "\n");
-    assert!(d[0].ends_with(expected.as_bytes()), "{dump}");
+    // The content arrives unchanged once smtp-sink has undone the dot-stuffing; its dump has
+    // LF line ends and one empty line after each message.
+    let expected = String::from_utf8_lossy(MSG).replace("\r\n", "\n") + "\n";
+    let start = dump.find("From: Alice").expect("content in dump");
+    assert_eq!(&d[0][start..], expected.as_bytes(), "{dump}");
 }
 
 #[tokio::test]
