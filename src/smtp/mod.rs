@@ -707,7 +707,9 @@ impl Client {
     /// Puts a session back in the cache, or ends it when it may not be reused.
     async fn release(&self, mut s: Session<Box<dyn Stream>>, target: Target, key: &str) {
         let limit = self.settings.cache_time;
-        if limit.is_zero() || s.uses >= self.settings.reuse_limit {
+        // reuse_limit 0 means no limit, as in Postfix.
+        let worn = self.settings.reuse_limit != 0 && s.uses >= self.settings.reuse_limit;
+        if limit.is_zero() || worn {
             s.quit().await;
             return;
         }
