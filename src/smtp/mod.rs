@@ -1,0 +1,807 @@
+//! NAME
+//!     smtp, lmtp - relais SMTP and LMTP client
+//!
+//! SUMMARY
+//!     master.cf rows `smtp unix - - n - - smtp`, `relay unix … smtp`, `lmtp unix … lmtp`
+//!
+//! DESCRIPTION
+//!     The delivery agent for mail that leaves the host. qmgr hands it one [`Job`] at a time
+//!     per connection slot: one message, the recipients that share a next-hop, and that
+//!     next-hop. The client resolves the next-hop (`[host]:port` as given; `host` and
+//!     `host:port` through MX records, lowest preference first and shuffled among equals,
+//!     falling back to the domain's own A/AAAA records when it has no MX; RFC 7505 null MX
+//!     bounces), connects to at most smtp_mx_address_limit addresses, holds at most
+//!     smtp_mx_session_limit sessions, and speaks ESMTP: EHLO (HELO fallback; LHLO for
+//!     LMTP), MAIL FROM with SIZE, BODY, SMTPUTF8 and DSN's RET/ENVID when offered, RCPT TO
+//!     with NOTIFY/ORCPT, PIPELINING of MAIL+RCPT+DATA, DATA with dot-stuffing or BDAT when
+//!     CHUNKING is offered. Each recipient gets a typed outcome: 2xx sent, 4xx deferred, 5xx
+//!     bounced; LMTP gives one reply per recipient after the data. Recipients deferred by one
+//!     server are tried on the next address. When every address fails with a temporary
+//!     error, the smtp_fallback_relay hosts are tried.
+//!
+//!     After a clean transaction the session stays open for up to
+//!     smtp_connection_cache_time_limit and smtp_connection_reuse_count_limit transactions, so
+//!     the next job to the same next-hop skips the connect and the handshake (Postfix's
+//!     scache); a session whose last transaction was left open gets RSET before reuse.
+//!
+//! QUEUES
+//!     None: the client reads the message content qmgr gives it and returns outcomes; qmgr
+//!     records them in the queue.
+//!
+//! MESSAGES
+//!     One line per recipient, as Postfix writes it:
+//!     `ID: to=<rcpt>, [orig_to=<addr>, ]relay=host[addr]:port, delay=…, delays=a/b/c/d,
+//!     dsn=x.y.z, status=sent|deferred|bounced (text)`; `relay=none` when no session was
+//!     made. Failed connections are logged as `connect to host[addr]:port: reason`.
+//!
+//! SECURITY
+//!     No TLS yet: mail goes in plaintext. When smtp_tls_security_level asks for encryption
+//!     (encrypt, dane-only, fingerprint, verify, secure) mail is deferred instead of being sent
+//!     in the clear. Replies are read into a bounded buffer (64 KiB); every stage has a time
+//!     limit; nothing the peer sends can make the client panic.
+//!
+//! CONFIGURATION PARAMETERS
+//!     relayhost (empty)
+//!     smtp_fallback_relay ($fallback_relay)
+//!     smtp_helo_name ($myhostname)
+//!     smtp_connect_timeout (30s)
+//!     smtp_helo_timeout (300s)
+//!     smtp_mail_timeout (300s)
+//!     smtp_rcpt_timeout (300s)
+//!     smtp_data_init_timeout (120s)
+//!     smtp_data_xfer_timeout (180s)
+//!     smtp_data_done_timeout (600s)
+//!     smtp_rset_timeout (20s)
+//!     smtp_quit_timeout (300s)
+//!     smtp_mx_address_limit (5)
+//!     smtp_mx_session_limit (2)
+//!     smtp_connection_cache_time_limit (2s)
+//!     smtp_connection_reuse_count_limit (100)
+//!     smtp_tls_security_level (empty)
+//!     queue_directory (/var/spool/postfix)
+//!     inet_protocols (all), relais_dns_servers (empty): see [`crate::dns`]
+
+pub mod nexthop;
+pub mod session;
+
+pub use nexthop::{Nexthop, NexthopError};
+pub use session::{Caps, Failure, Reply, Session, Stream, Tx, TxRcpt};
+
+use crate::config::Config;
+use crate::delivery::Outcome;
+use crate::dns::{Dns, DnsError, Mx};
+use crate::envelope::{BodyType, Notify, Ret};
+use rand::seq::SliceRandom;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use thiserror::Error;
+use tracing::Instrument;
+
+#[derive(Debug, Error)]
+pub enum SmtpError {
+    #[error(transparent)]
+    Nexthop(#[from] NexthopError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+}
+
+/// Per-stage time limits (smtp_*_timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub helo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data_init: Duration,
+    pub data_xfer: Duration,
+    pub data_done: Duration,
+    pub rset: Duration,
+    pub quit: Duration,
+}
+
+impl Timeouts {
+    pub fn from_config(cfg: &Config) -> Self {
+        // A zero time limit would make every stage fail at once; Postfix rejects it too.
+        let t = |d: Duration| d.max(Duration::from_secs(1));
+        Timeouts {
+            connect: t(cfg.get_time("smtp_connect_timeout")),
+            helo: t(cfg.get_time("smtp_helo_timeout")),
+            mail: t(cfg.get_time("smtp_mail_timeout")),
+            rcpt: t(cfg.get_time("smtp_rcpt_timeout")),
+            data_init: t(cfg.get_time("smtp_data_init_timeout")),
+            data_xfer: t(cfg.get_time("smtp_data_xfer_timeout")),
+            data_done: t(cfg.get_time("smtp_data_done_timeout")),
+            rset: t(cfg.get_time("smtp_rset_timeout")),
+            quit: t(cfg.get_time("smtp_quit_timeout")),
+        }
+    }
+}
+
+/// One recipient of a [`Job`].
+#[derive(Debug, Clone, Default)]
+pub struct JobRcpt {
+    /// qmgr's index of the recipient in the message; returned with its outcome.
+    pub index: usize,
+    pub address: String,
+    /// The address as first received (logged as orig_to= when it differs).
+    pub original: String,
+    /// RFC 3461 ORCPT (`rfc822;addr`), if the client gave one.
+    pub orcpt: Option<String>,
+    pub notify: Notify,
+}
+
+/// One delivery request: a message, some of its recipients and where to send them.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub queue_id: String,
+    /// Envelope sender, empty for `<>`.
+    pub sender: String,
+    pub recipients: Vec<JobRcpt>,
+    /// The message (headers and body), CRLF line ends.
+    pub content: Arc<Vec<u8>>,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub body_type: BodyType,
+    pub smtputf8: bool,
+    pub arrival: SystemTime,
+    /// When qmgr took the message into the active queue (the a/b split of delays=).
+    pub active_since: Option<SystemTime>,
+    /// transport(5) next-hop; empty means relayhost, else the first recipient's domain.
+    pub nexthop: String,
+    pub lmtp: bool,
+}
+
+/// Where one connection attempt goes.
+#[derive(Debug, Clone)]
+enum Addr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    addr: Addr,
+}
+
+impl Target {
+    /// `host[addr]` as in reasons.
+    fn peer(&self) -> String {
+        match &self.addr {
+            Addr::Tcp(sa) => format!("{}[{}]", self.host, sa.ip()),
+            Addr::Unix(p) => format!("{}[{}]", self.host, p.display()),
+        }
+    }
+    /// `host[addr]:port` as in relay= and connect errors.
+    fn relay(&self) -> String {
+        match &self.addr {
+            Addr::Tcp(sa) => format!("{}[{}]:{}", self.host, sa.ip(), sa.port()),
+            Addr::Unix(p) => format!("{}[{}]", self.host, p.display()),
+        }
+    }
+}
+
+/// Settings read once from the configuration.
+#[derive(Debug, Clone)]
+struct Settings {
+    timeouts: Timeouts,
+    helo_name: String,
+    myhostname: String,
+    relayhost: String,
+    fallback: Vec<String>,
+    mx_address_limit: usize,
+    mx_session_limit: usize,
+    cache_time: Duration,
+    reuse_limit: u32,
+    queue_dir: PathBuf,
+    syslog_name: String,
+    tls_required: bool,
+}
+
+struct Cached {
+    id: u64,
+    session: Session<Box<dyn Stream>>,
+    target: Target,
+}
+
+/// Idle sessions by next-hop (Postfix's scache).
+#[derive(Default)]
+struct Cache {
+    map: Mutex<HashMap<String, Vec<Cached>>>,
+    next_id: AtomicU64,
+}
+
+impl Cache {
+    fn take(&self, key: &str) -> Option<Cached> {
+        let mut m = self.map.lock().ok()?;
+        let v = m.get_mut(key)?;
+        let c = v.pop();
+        if v.is_empty() {
+            m.remove(key);
+        }
+        c
+    }
+    fn take_id(&self, key: &str, id: u64) -> Option<Cached> {
+        let mut m = self.map.lock().ok()?;
+        let v = m.get_mut(key)?;
+        let pos = v.iter().position(|c| c.id == id)?;
+        let c = v.swap_remove(pos);
+        if v.is_empty() {
+            m.remove(key);
+        }
+        Some(c)
+    }
+}
+
+/// The smtp/lmtp client. Cheap to clone; clones share the connection cache.
+#[derive(Clone)]
+pub struct Client {
+    settings: Arc<Settings>,
+    dns: Arc<Dns>,
+    cache: Arc<Cache>,
+    tag: Option<String>,
+}
+
+/// Postfix's delay format: two significant digits, at most two decimals (`0.02`, `1.2`, `44`).
+pub fn format_delay(d: Duration) -> String {
+    let v = d.as_secs_f64();
+    let s = if v >= 10.0 {
+        format!("{}", v.trunc() as u64)
+    } else if v >= 1.0 {
+        format!("{:.1}", (v * 10.0).trunc() / 10.0)
+    } else {
+        format!("{:.2}", (v * 100.0).trunc() / 100.0)
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// An io::Error as Postfix words it (`Connection refused`), without Rust's `(os error N)`.
+fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// How one recipient's delivery ended, for the log line.
+#[derive(Clone)]
+struct Done {
+    outcome: Outcome,
+    relay: Option<String>,
+}
+
+impl Client {
+    pub fn new(cfg: &Config, dns: Arc<Dns>) -> Client {
+        let tls = cfg.get("smtp_tls_security_level").to_ascii_lowercase();
+        let settings = Settings {
+            timeouts: Timeouts::from_config(cfg),
+            helo_name: cfg.get("smtp_helo_name"),
+            myhostname: cfg.get("myhostname"),
+            relayhost: cfg.get("relayhost"),
+            fallback: cfg.get_list("smtp_fallback_relay"),
+            mx_address_limit: cfg.get_int("smtp_mx_address_limit").max(0) as usize,
+            mx_session_limit: cfg.get_int("smtp_mx_session_limit").max(0) as usize,
+            cache_time: cfg.get_time("smtp_connection_cache_time_limit"),
+            reuse_limit: cfg.get_int("smtp_connection_reuse_count_limit").max(0) as u32,
+            queue_dir: PathBuf::from(cfg.get("queue_directory")),
+            syslog_name: cfg.get("syslog_name"),
+            tls_required: matches!(
+                tls.as_str(),
+                "encrypt" | "dane-only" | "fingerprint" | "verify" | "secure"
+            ),
+        };
+        Client {
+            settings: Arc::new(settings),
+            dns,
+            cache: Arc::new(Cache::default()),
+            tag: None,
+        }
+    }
+
+    /// Logs under `tag` (e.g. `postfix/relay/smtp`) instead of `syslog_name/smtp|lmtp`.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Client {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Number of idle sessions in the cache (for tests and status).
+    pub fn cached_sessions(&self) -> usize {
+        self.cache
+            .map
+            .lock()
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Delivers one job; returns each recipient's index with its outcome.
+    pub async fn deliver(&self, job: Job) -> Vec<(usize, Outcome)> {
+        let tag = self.tag.clone().unwrap_or_else(|| {
+            crate::log::tag(
+                &self.settings.syslog_name,
+                if job.lmtp { "lmtp" } else { "smtp" },
+            )
+        });
+        let span = crate::log::service_span!(tag);
+        self.deliver_inner(job).instrument(span).await
+    }
+
+    async fn deliver_inner(&self, job: Job) -> Vec<(usize, Outcome)> {
+        let start = Instant::now();
+        let start_wall = SystemTime::now();
+        let n = job.recipients.len();
+        let mut done: Vec<Option<Done>> = vec![None; n];
+        let mut setup = Duration::ZERO;
+        let mut xfer = Duration::ZERO;
+
+        let finish_all = |done: &mut Vec<Option<Done>>, o: Outcome| {
+            for d in done.iter_mut().filter(|d| d.is_none()) {
+                *d = Some(Done {
+                    outcome: o.clone(),
+                    relay: None,
+                });
+            }
+        };
+
+        if self.settings.tls_required {
+            finish_all(
+                &mut done,
+                Outcome::deferred(
+                    "4.7.4",
+                    "TLS is required, but relais's smtp client has no TLS support yet",
+                ),
+            );
+        } else {
+            self.run(&job, &mut done, &mut setup, &mut xfer, start)
+                .await;
+        }
+
+        // Log and return, in the job's order.
+        let arrival = job.active_since.unwrap_or(start_wall);
+        let a = arrival
+            .duration_since(job.arrival)
+            .unwrap_or(Duration::ZERO);
+        let b = start_wall.duration_since(arrival).unwrap_or(Duration::ZERO);
+        let total = start_wall
+            .duration_since(job.arrival)
+            .unwrap_or(Duration::ZERO)
+            + start.elapsed();
+        let mut out = Vec::with_capacity(n);
+        for (r, d) in job.recipients.iter().zip(done) {
+            let d = d.unwrap_or(Done {
+                outcome: Outcome::deferred("4.3.0", "internal: no delivery attempt"),
+                relay: None,
+            });
+            let orig = if !r.original.is_empty() && r.original != r.address {
+                format!("orig_to=<{}>, ", r.original)
+            } else {
+                String::new()
+            };
+            tracing::info!(
+                "{}: to=<{}>, {}relay={}, delay={}, delays={}/{}/{}/{}, dsn={}, status={} ({})",
+                job.queue_id,
+                r.address,
+                orig,
+                d.relay.as_deref().unwrap_or("none"),
+                format_delay(total),
+                format_delay(a),
+                format_delay(b),
+                format_delay(setup),
+                format_delay(xfer),
+                d.outcome.dsn(),
+                d.outcome.status_word(),
+                d.outcome.text()
+            );
+            out.push((r.index, d.outcome));
+        }
+        out
+    }
+
+    /// The next-hop text in effect for a job.
+    fn nexthop_text(&self, job: &Job) -> String {
+        if !job.nexthop.trim().is_empty() {
+            return job.nexthop.trim().to_string();
+        }
+        if !job.lmtp && !self.settings.relayhost.trim().is_empty() {
+            return self.settings.relayhost.trim().to_string();
+        }
+        job.recipients
+            .first()
+            .and_then(|r| r.address.rsplit_once('@'))
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Resolves a next-hop into connection targets, or an outcome for every recipient.
+    async fn targets(&self, nh: &Nexthop) -> Result<Vec<Target>, Outcome> {
+        match nh {
+            Nexthop::Unix { path } => Ok(vec![Target {
+                host: self.settings.myhostname.clone(),
+                addr: Addr::Unix(path.clone()),
+            }]),
+            Nexthop::Inet { host, port, mx } => {
+                let limit = match self.settings.mx_address_limit {
+                    0 => usize::MAX,
+                    l => l,
+                };
+                let hosts: Vec<String> = if *mx {
+                    match self.dns.mx(host).await {
+                        Ok(Mx::Records(mut recs)) => {
+                            // Lowest preference first, random order among equals (RFC 5321 5.1).
+                            recs.shuffle(&mut rand::thread_rng());
+                            recs.sort_by_key(|r| r.preference);
+                            recs.into_iter().map(|r| r.host).collect()
+                        }
+                        Ok(Mx::NoMx) => vec![host.clone()],
+                        Ok(Mx::NullMx) => {
+                            return Err(Outcome::bounced(
+                                "5.1.10",
+                                format!("Domain {host} does not accept mail (nullMX)"),
+                            ))
+                        }
+                        Err(e) => return Err(dns_outcome(&e)),
+                    }
+                } else {
+                    vec![host.clone()]
+                };
+                let mut out = Vec::new();
+                let mut errors = Vec::new();
+                for h in hosts {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    match self.dns.addrs(&h).await {
+                        Ok(ips) => {
+                            for ip in ips.into_iter().take(limit - out.len()) {
+                                out.push(Target {
+                                    host: h.clone(),
+                                    addr: Addr::Tcp(SocketAddr::new(ip, *port)),
+                                });
+                            }
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                if out.is_empty() {
+                    let e = errors
+                        .iter()
+                        .find(|e| e.is_temporary())
+                        .or(errors.first())
+                        .cloned()
+                        .unwrap_or(DnsError::Temporary {
+                            name: host.clone(),
+                            rtype: "A",
+                        });
+                    return Err(dns_outcome(&e));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    async fn connect(&self, t: &Target) -> Result<Box<dyn Stream>, String> {
+        let limit = self.settings.timeouts.connect;
+        let res = match &t.addr {
+            Addr::Tcp(sa) => tokio::time::timeout(limit, tokio::net::TcpStream::connect(sa))
+                .await
+                .map(|r| r.map(|s| Box::new(s) as Box<dyn Stream>)),
+            Addr::Unix(p) => tokio::time::timeout(limit, tokio::net::UnixStream::connect(p))
+                .await
+                .map(|r| r.map(|s| Box::new(s) as Box<dyn Stream>)),
+        };
+        match res {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("connect to {}: {}", t.relay(), io_reason(&e))),
+            Err(_) => Err(format!("connect to {}: Connection timed out", t.relay())),
+        }
+    }
+
+    /// The delivery proper: cached session first, then each target in turn.
+    async fn run(
+        &self,
+        job: &Job,
+        done: &mut [Option<Done>],
+        setup: &mut Duration,
+        xfer: &mut Duration,
+        start: Instant,
+    ) {
+        let text = self.nexthop_text(job);
+        let default_port = if job.lmtp { 24 } else { 25 };
+        let nh = match Nexthop::parse(&text, job.lmtp, default_port, &self.settings.queue_dir) {
+            Ok(nh) => nh,
+            Err(e) => {
+                fill(
+                    done,
+                    Outcome::deferred("4.3.5", format!("mail transport unavailable: {e}")),
+                    None,
+                );
+                return;
+            }
+        };
+        let key = format!("{}:{text}", if job.lmtp { "lmtp" } else { "smtp" });
+        let mut last: Option<Done> = None;
+
+        // A cached session skips DNS, connect and handshake.
+        if let Some(c) = self.cached(&key).await {
+            *setup = start.elapsed();
+            let t0 = Instant::now();
+            let reusable = self
+                .attempt(job, done, c.session, &c.target, &key, &mut last)
+                .await;
+            *xfer += t0.elapsed();
+            if reusable && done.iter().all(Option::is_some) {
+                return;
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            return;
+        }
+
+        let mut targets = match self.targets(&nh).await {
+            Ok(t) => t,
+            Err(o) => {
+                if matches!(o, Outcome::Bounced { .. }) || self.settings.fallback.is_empty() {
+                    fill(done, o, None);
+                    return;
+                }
+                last = Some(Done {
+                    outcome: o,
+                    relay: None,
+                });
+                Vec::new()
+            }
+        };
+        if !job.lmtp {
+            for f in &self.settings.fallback {
+                if let Ok(fnh) = Nexthop::parse(f, false, 25, &self.settings.queue_dir) {
+                    if let Ok(t) = self.targets(&fnh).await {
+                        targets.extend(t);
+                    }
+                }
+            }
+        }
+        let session_limit = match self.settings.mx_session_limit {
+            0 => usize::MAX,
+            l => l,
+        };
+        let mut sessions = 0usize;
+        for t in &targets {
+            if done.iter().all(Option::is_some) || sessions >= session_limit {
+                break;
+            }
+            let io = match self.connect(t).await {
+                Ok(io) => io,
+                Err(reason) => {
+                    tracing::info!("{reason}");
+                    last = Some(Done {
+                        outcome: Outcome::deferred("4.4.1", reason),
+                        relay: None,
+                    });
+                    continue;
+                }
+            };
+            sessions += 1;
+            let mut s = Session::new(io, t.peer(), job.lmtp, self.settings.timeouts);
+            match s.handshake(&self.settings.helo_name).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    last = Some(Done {
+                        outcome: Outcome::deferred("4.3.0", reason),
+                        relay: Some(t.relay()),
+                    });
+                    s.quit().await;
+                    continue;
+                }
+                Err(f) => {
+                    last = Some(Done {
+                        outcome: Outcome::deferred("4.4.2", f.reason(&t.peer())),
+                        relay: Some(t.relay()),
+                    });
+                    continue;
+                }
+            }
+            *setup = start.elapsed();
+            let t0 = Instant::now();
+            self.attempt(job, done, s, t, &key, &mut last).await;
+            *xfer += t0.elapsed();
+        }
+        let d = last.unwrap_or(Done {
+            outcome: Outcome::deferred("4.4.1", "no route to destination"),
+            relay: None,
+        });
+        fill(done, d.outcome, d.relay);
+    }
+
+    /// A usable cached session for `key`, after RSET if its last transaction was left open.
+    async fn cached(&self, key: &str) -> Option<Cached> {
+        // Bounded: at most the sessions present now are examined.
+        for _ in 0..64 {
+            let mut c = self.cache.take(key)?;
+            if c.session.needs_rset {
+                match c.session.rset().await {
+                    Ok(true) => {}
+                    _ => continue,
+                }
+            }
+            return Some(c);
+        }
+        None
+    }
+
+    /// Runs the transaction for the recipients still open on `s`; records final outcomes and
+    /// keeps deferred ones as the last reason so the next server gets a chance. Returns
+    /// whether the session survived.
+    async fn attempt(
+        &self,
+        job: &Job,
+        done: &mut [Option<Done>],
+        mut s: Session<Box<dyn Stream>>,
+        t: &Target,
+        key: &str,
+        last: &mut Option<Done>,
+    ) -> bool {
+        let open: Vec<usize> = (0..done.len()).filter(|&i| done[i].is_none()).collect();
+        let rcpts: Vec<TxRcpt> = open
+            .iter()
+            .map(|&i| {
+                let r = &job.recipients[i];
+                TxRcpt {
+                    address: r.address.clone(),
+                    notify: notify_param(&r.notify),
+                    orcpt: r.orcpt.clone().or_else(|| {
+                        let o = if r.original.is_empty() {
+                            &r.address
+                        } else {
+                            &r.original
+                        };
+                        Some(format!("rfc822;{}", session::xtext(o)))
+                    }),
+                }
+            })
+            .collect();
+        let tx = Tx {
+            sender: &job.sender,
+            rcpts: &rcpts,
+            content: &job.content,
+            ret: job.ret,
+            envid: job.envid.as_deref(),
+            body_type: job.body_type,
+            smtputf8: job.smtputf8,
+        };
+        match s.transaction(&tx).await {
+            Ok(res) => {
+                for (&i, o) in open.iter().zip(res.outcomes) {
+                    if matches!(o, Outcome::Deferred { .. }) {
+                        *last = Some(Done {
+                            outcome: o,
+                            relay: Some(t.relay()),
+                        });
+                    } else {
+                        done[i] = Some(Done {
+                            outcome: o,
+                            relay: Some(t.relay()),
+                        });
+                    }
+                }
+                self.release(s, t.clone(), key).await;
+                true
+            }
+            Err(f) => {
+                *last = Some(Done {
+                    outcome: Outcome::deferred("4.4.2", f.reason(&t.peer())),
+                    relay: Some(t.relay()),
+                });
+                false
+            }
+        }
+    }
+
+    /// Puts a session back in the cache, or ends it when it may not be reused.
+    async fn release(&self, mut s: Session<Box<dyn Stream>>, target: Target, key: &str) {
+        let limit = self.settings.cache_time;
+        // reuse_limit 0 means no limit, as in Postfix.
+        let worn = self.settings.reuse_limit != 0 && s.uses >= self.settings.reuse_limit;
+        if limit.is_zero() || worn {
+            s.quit().await;
+            return;
+        }
+        let id = self.cache.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.cache.map.lock() {
+            m.entry(key.to_string()).or_default().push(Cached {
+                id,
+                session: s,
+                target,
+            });
+        } else {
+            return;
+        }
+        // Close the session when it has idled for the time limit (if nobody took it).
+        let cache = Arc::downgrade(&self.cache);
+        let key = key.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            let taken = cache.upgrade().and_then(|c| c.take_id(&key, id));
+            if let Some(mut c) = taken {
+                c.session.quit().await;
+            }
+        });
+    }
+}
+
+fn fill(done: &mut [Option<Done>], o: Outcome, relay: Option<String>) {
+    for d in done.iter_mut().filter(|d| d.is_none()) {
+        *d = Some(Done {
+            outcome: o.clone(),
+            relay: relay.clone(),
+        });
+    }
+}
+
+/// RFC 3461 NOTIFY value, when the client gave one.
+fn notify_param(n: &Notify) -> Option<String> {
+    if !n.explicit {
+        return None;
+    }
+    if n.never {
+        return Some("NEVER".into());
+    }
+    let mut v = Vec::new();
+    if n.success {
+        v.push("SUCCESS");
+    }
+    if n.failure {
+        v.push("FAILURE");
+    }
+    if n.delay {
+        v.push("DELAY");
+    }
+    if v.is_empty() {
+        return Some("NEVER".into());
+    }
+    Some(v.join(","))
+}
+
+/// What a DNS failure means for the recipients (Postfix's wording and codes).
+fn dns_outcome(e: &DnsError) -> Outcome {
+    let text = format!("Host or domain name not found. {e}");
+    if e.is_temporary() {
+        Outcome::deferred("4.4.3", text)
+    } else {
+        Outcome::bounced("5.4.4", text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_format() {
+        assert_eq!(format_delay(Duration::from_millis(0)), "0");
+        assert_eq!(format_delay(Duration::from_millis(4)), "0");
+        assert_eq!(format_delay(Duration::from_millis(23)), "0.02");
+        assert_eq!(format_delay(Duration::from_millis(1230)), "1.2");
+        assert_eq!(format_delay(Duration::from_millis(44_900)), "44");
+        assert_eq!(format_delay(Duration::from_millis(100)), "0.1");
+    }
+
+    #[test]
+    fn notify_values() {
+        let mut n = Notify::default();
+        assert_eq!(notify_param(&n), None);
+        n.explicit = true;
+        n.success = true;
+        n.failure = true;
+        assert_eq!(notify_param(&n).as_deref(), Some("SUCCESS,FAILURE"));
+        n.never = true;
+        assert_eq!(notify_param(&n).as_deref(), Some("NEVER"));
+    }
+}
