@@ -61,7 +61,7 @@ impl Outcome {
 }
 
 /// One recipient of a delivery job, with its index in the queue record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobRcpt {
     pub index: usize,
     pub address: String,

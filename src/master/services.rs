@@ -36,6 +36,7 @@ pub struct Shared {
     pub queue: Queue,
     pub registry: Arc<Registry>,
     rewriter: RwLock<Arc<Rewriter>>,
+    dns: Arc<crate::dns::Dns>,
     /// Transport names of the delivery rows (for per-transport limits).
     transports: RwLock<Vec<String>>,
     control: tokio::task::JoinHandle<()>,
@@ -59,6 +60,10 @@ impl Shared {
                 .map_err(|e| MasterError::Setup(format!("address rewriting: {e}")))?,
         );
         let registry = Arc::new(Registry::default());
+        let dns = Arc::new(
+            crate::dns::Dns::from_config(cfg)
+                .map_err(|e| MasterError::Setup(format!("DNS resolver: {e}")))?,
+        );
         // Queue events go to whoever handles them now (pickup for maildrop, qmgr for the rest).
         let (tx, mut rx) = tokio::sync::mpsc::channel::<QueueEvent>(4096);
         queue.set_events(tx);
@@ -99,6 +104,7 @@ impl Shared {
             queue,
             registry,
             rewriter: RwLock::new(rewriter),
+            dns,
             transports: RwLock::new(Vec::new()),
             control,
         }))
@@ -238,7 +244,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                     .and_then(|g| g.clone())
                     .ok_or("cleanup is not running yet")?;
                 let wakeup = Duration::from_secs(u64::from(spec.wakeup.max(1)));
-                let addr = Pickup::new(sh.queue.clone(), cleanup, wakeup).start();
+                let addr = Pickup::new(sh.queue.clone(), cleanup, wakeup, &tag).start();
                 if let Ok(mut g) = sh.registry.pickup.write() {
                     *g = Some(addr.clone());
                 }
@@ -256,6 +262,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                     settings,
                     sh.rewriter(),
                     sh.registry.agents.clone(),
+                    &tag,
                 )
                 .start();
                 if let Ok(mut g) = sh.registry.qmgr.write() {
@@ -283,6 +290,14 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                         Arc::new(move || sh3.rewriter())
                     },
                     hostname: cfg.get("myhostname"),
+                };
+                Ok(agent(&sh, spec, &cfg, Arc::new(t)))
+            }
+            "smtp" | "lmtp" => {
+                let client = crate::smtp::Client::new(&cfg, sh.dns.clone()).with_tag(tag);
+                let t = crate::smtp::transport::SmtpTransport {
+                    client,
+                    lmtp: spec.command == "lmtp",
                 };
                 Ok(agent(&sh, spec, &cfg, Arc::new(t)))
             }

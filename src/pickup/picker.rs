@@ -3,6 +3,7 @@
 use actix::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
+use tracing::Instrument;
 
 use crate::cleanup::cleanup::{Cleanup, Enqueue};
 use crate::cleanup::message::Submission;
@@ -18,15 +19,17 @@ pub struct Pickup {
     cleanup: Addr<Cleanup>,
     wakeup: Duration,
     busy: HashSet<String>,
+    span: tracing::Span,
 }
 
 impl Pickup {
-    pub fn new(queue: Queue, cleanup: Addr<Cleanup>, wakeup: Duration) -> Self {
+    pub fn new(queue: Queue, cleanup: Addr<Cleanup>, wakeup: Duration, tag: &str) -> Self {
         Pickup {
             queue,
             cleanup,
             wakeup,
             busy: HashSet::new(),
+            span: crate::log::service_span!(tag),
         }
     }
 
@@ -93,12 +96,17 @@ impl Pickup {
                 .map_err(|e| e.to_string())?;
             Ok::<(), String>(())
         };
-        ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
-            act.busy.remove(&old);
-            if let Err(e) = r {
-                tracing::warn!("{e}");
-            }
-        }));
+        ctx.spawn(
+            fut.instrument(self.span.clone())
+                .into_actor(self)
+                .map(move |r, act, _| {
+                    let _g = act.span.clone().entered();
+                    act.busy.remove(&old);
+                    if let Err(e) = r {
+                        tracing::warn!("{e}");
+                    }
+                }),
+        );
     }
 }
 
@@ -122,6 +130,7 @@ impl Handler<Scan> for Pickup {
             async move { q.ids(QueueName::Maildrop).await.unwrap_or_default() }
                 .into_actor(self)
                 .map(|ids, act, ctx| {
+                    let _g = act.span.clone().entered();
                     for id in ids {
                         act.pick(ctx, id);
                     }

@@ -5,6 +5,7 @@ use chrono::{Local, TimeZone};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use super::dest::{DestKey, Dests};
 use crate::bounce::notice::{self, Kind, Notice, Rcpt as NoticeRcpt};
@@ -117,6 +118,8 @@ pub struct Qmgr {
     active: HashMap<String, ActiveMsg>,
     activating: HashSet<String>,
     dests: Dests,
+    /// Log lines carry `syslog_name/qmgr`.
+    span: tracing::Span,
 }
 
 fn secs_now() -> i64 {
@@ -140,6 +143,7 @@ impl Qmgr {
         settings: Settings,
         rewriter: Arc<Rewriter>,
         agents: AgentTable,
+        tag: &str,
     ) -> Self {
         Qmgr {
             queue,
@@ -149,6 +153,7 @@ impl Qmgr {
             active: HashMap::new(),
             activating: HashSet::new(),
             dests: Dests::default(),
+            span: crate::log::service_span!(tag),
         }
     }
 
@@ -183,14 +188,19 @@ impl Qmgr {
             }
             ids
         };
-        ctx.spawn(fut.into_actor(self).map(|ids, act, ctx| {
-            for id in ids {
-                if act.room() == 0 {
-                    break;
-                }
-                act.activate(ctx, id);
-            }
-        }));
+        ctx.spawn(
+            fut.instrument(self.span.clone())
+                .into_actor(self)
+                .map(|ids, act, ctx| {
+                    let _g = act.span.clone().entered();
+                    for id in ids {
+                        if act.room() == 0 {
+                            break;
+                        }
+                        act.activate(ctx, id);
+                    }
+                }),
+        );
     }
 
     fn activate(&mut self, ctx: &mut Context<Self>, id: String) {
@@ -212,18 +222,24 @@ impl Qmgr {
             let content = q.content(&idc).await?.unwrap_or_default();
             Ok::<_, crate::queue::QueueError>(Some((msg.record, content)))
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            act.activating.remove(&id);
-            match res {
-                Ok(Some((record, content))) => act.schedule(ctx, id, record, content),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{id}: cannot activate: {e}"),
-            }
-        }));
+        ctx.spawn(
+            fut.instrument(self.span.clone())
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let _g = act.span.clone().entered();
+                    act.activating.remove(&id);
+                    match res {
+                        Ok(Some((record, content))) => act.schedule(ctx, id, record, content),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("{id}: cannot activate: {e}"),
+                    }
+                }),
+        );
     }
 
     /// Splits the pending recipients of a freshly activated message into jobs.
     fn schedule(&mut self, ctx: &mut Context<Self>, id: String, record: Record, content: Vec<u8>) {
+        let _g = self.span.clone().entered();
         let env = &record.envelope;
         tracing::info!(
             "{id}: from=<{}>, size={}, nrcpt={} (queue active)",
@@ -354,10 +370,13 @@ impl Qmgr {
                 }
                 Some((agent, _)) => {
                     let fut = agent.send(Deliver(job));
-                    ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                        let out = res.unwrap_or_default();
-                        act.job_done(ctx, key, id, indexes, out);
-                    }));
+                    ctx.spawn(fut.instrument(self.span.clone()).into_actor(self).map(
+                        move |res, act, ctx| {
+                            let _g = act.span.clone().entered();
+                            let out = res.unwrap_or_default();
+                            act.job_done(ctx, key, id, indexes, out);
+                        },
+                    ));
                 }
             }
         }
@@ -371,6 +390,7 @@ impl Qmgr {
         indexes: Vec<usize>,
         out: Vec<(usize, Outcome)>,
     ) {
+        let _g = self.span.clone().entered();
         let success = out
             .iter()
             .any(|(_, o)| !matches!(o, Outcome::Deferred { .. }));
@@ -400,17 +420,21 @@ impl Qmgr {
                 }
                 let _ = q.durable().await;
             };
-            ctx.spawn(fut.into_actor(self).map(move |_, act, ctx| {
-                if done {
-                    act.finish(ctx, id);
-                }
-            }));
+            ctx.spawn(fut.instrument(self.span.clone()).into_actor(self).map(
+                move |_, act, ctx| {
+                    let _g = act.span.clone().entered();
+                    if done {
+                        act.finish(ctx, id);
+                    }
+                },
+            ));
         }
         self.pump(ctx);
     }
 
     /// All jobs of a message are done: notices, then deferred or removed.
     fn finish(&mut self, ctx: &mut Context<Self>, id: String) {
+        let _g = self.span.clone().entered();
         let Some(mut msg) = self.active.remove(&id) else {
             return;
         };
@@ -578,10 +602,15 @@ impl Qmgr {
             }
             let _ = q.durable().await;
         };
-        ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
-            // Room freed: pick up whatever waits in incoming.
-            act.scan(ctx, false, false, None);
-        }));
+        ctx.spawn(
+            fut.instrument(self.span.clone())
+                .into_actor(self)
+                .map(|_, act, ctx| {
+                    let _g = act.span.clone().entered();
+                    // Room freed: pick up whatever waits in incoming.
+                    act.scan(ctx, false, false, None);
+                }),
+        );
     }
 }
 

@@ -121,18 +121,8 @@ impl Timeouts {
     }
 }
 
-/// One recipient of a [`Job`].
-#[derive(Debug, Clone, Default)]
-pub struct JobRcpt {
-    /// qmgr's index of the recipient in the message; returned with its outcome.
-    pub index: usize,
-    pub address: String,
-    /// The address as first received (logged as orig_to= when it differs).
-    pub original: String,
-    /// RFC 3461 ORCPT (`rfc822;addr`), if the client gave one.
-    pub orcpt: Option<String>,
-    pub notify: Notify,
-}
+pub use crate::delivery::JobRcpt;
+pub mod transport;
 
 /// One delivery request: a message, some of its recipients and where to send them.
 #[derive(Debug, Clone)]

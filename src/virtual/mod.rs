@@ -53,7 +53,9 @@ impl Transport for VirtualTransport {
         let hostname = self.hostname.clone();
         Box::pin(async move {
             // File system work is blocking: keep it off the async workers.
+            let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
+                let _g = span.enter();
                 let mut out = Vec::with_capacity(job.recipients.len());
                 for r in &job.recipients {
                     let started = std::time::SystemTime::now();

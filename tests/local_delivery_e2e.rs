@@ -1,0 +1,154 @@
+//! The default conf/ delivers its local domain into Maildir: submitted with the real
+//! `sendmail`, picked up, cleaned, queued, delivered by the virtual agent, removed.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn maildir_files(inst: &Instance, user: &str) -> Vec<std::path::PathBuf> {
+    let dir = inst
+        .queue()
+        .join("mailboxes/localhost")
+        .join(user)
+        .join("new");
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+fn wait_files(inst: &Instance, user: &str, n: usize) -> Vec<std::path::PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = maildir_files(inst, user);
+        if f.len() >= n || Instant::now() > deadline {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sendmail_to_local_user_lands_in_maildir() {
+    let mut inst = Instance::new();
+    inst.start();
+    let mut child = Command::new(bin("sendmail"))
+        .args([
+            "-C",
+            inst.conf().to_str().unwrap(),
+            "-f",
+            "alice@example.com",
+            "bob@localhost",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: hello\nTo: bob@localhost\n\nFirst line.\n..leading dot kept\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let files = wait_files(&inst, "bob", 1);
+    assert_eq!(
+        files.len(),
+        1,
+        "no delivery: {files:?}; log:\n{}",
+        inst.log()
+    );
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.starts_with(
+            "Return-Path: <alice@example.com>\nDelivered-To: bob@localhost\nReceived: by "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nSubject: hello\n")
+            && text.contains("\nMessage-ID: <")
+            && text.contains("\n\nFirst line.\n..leading dot kept\n"),
+        "{text}"
+    );
+    assert!(
+        inst.wait_log(": removed", Duration::from_secs(10)),
+        "{}",
+        inst.log()
+    );
+    let log = inst.log();
+    assert!(
+        log.contains("postfix/pickup[") && log.contains(": uid="),
+        "{log}"
+    );
+    assert!(
+        log.contains(": from=<alice@example.com>, size=") && log.contains("nrcpt=1 (queue active)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(": to=<bob@localhost>, relay=virtual, delay=")
+            && log.contains("status=sent (delivered to maildir)"),
+        "{log}"
+    );
+    // The queue is empty afterwards.
+    let q = inst.tool("postqueue", &["-p"]);
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "Mail queue is empty\n");
+    inst.stop();
+}
+
+#[test]
+fn undeliverable_mail_bounces_to_a_local_sender() {
+    let mut inst = Instance::with_main_cf_extra(
+        "transport_maps = inline:{ { bounce.example = error:5.1.1 No such user here } }",
+    );
+    inst.start();
+    let mut child = Command::new(bin("sendmail"))
+        .args([
+            "-C",
+            inst.conf().to_str().unwrap(),
+            "-f",
+            "carol@localhost",
+            "nobody@bounce.example",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: lost\n\nbody of the lost message\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let files = wait_files(&inst, "carol", 1);
+    assert_eq!(
+        files.len(),
+        1,
+        "no bounce notice: {files:?}\n{}",
+        inst.log()
+    );
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.starts_with("Return-Path: <>\n"), "{text}");
+    assert!(
+        text.contains("Subject: Undelivered Mail Returned to Sender")
+            && text.contains("report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<nobody@bounce.example>: No such user here")
+            && text.contains("Status: 5.1.1"),
+        "{text}"
+    );
+    assert!(text.contains("body of the lost message"), "{text}");
+    let log = inst.log();
+    assert!(
+        log.contains("to=<nobody@bounce.example>, relay=none")
+            && log.contains("dsn=5.1.1, status=bounced (No such user here)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("postfix/bounce[") && log.contains(": sender non-delivery notification: "),
+        "{log}"
+    );
+    inst.stop();
+}
