@@ -158,7 +158,7 @@ impl Table for CidrTable {
                 Rule::Endif => {}
                 Rule::If { net, negate, end } => {
                     if !test(net, *negate) {
-                        i = (*end).max(i) + 1;
+                        i = (*end).max(i).saturating_add(1);
                         continue;
                     }
                 }

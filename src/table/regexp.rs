@@ -448,7 +448,7 @@ impl Table for RegexpTable {
                         }
                     };
                     if hit == *negate {
-                        i = (*end).max(i) + 1;
+                        i = (*end).max(i).saturating_add(1);
                         continue;
                     }
                 }
