@@ -123,6 +123,7 @@ pub static PARAMS: &[Param] = &[
     p!("multi_instance_name", "", Str, "name of this instance in a multi-instance setup", Yes),
     // --- smtpd ---------------------------------------------------------------------------
     p!("disable_vrfy_command", "no", Bool, "refuse VRFY and do not advertise it", Yes),
+    p!("fast_flush_domains", "$relay_domains", List, "domains whose queued mail a client may ask to flush with ETRN", Yes),
     p!("header_size_limit", "102400", Size, 1, MAXI, "largest message header kept, in bytes", Yes),
     p!("line_length_limit", "2048", Size, 1, MAXI, "longest SMTP line or message line read in one piece", Yes),
     p!("message_size_limit", "10240000", Size, 0, MAXI, "largest message accepted, in bytes (0: no limit)", Yes),
@@ -131,6 +132,7 @@ pub static PARAMS: &[Param] = &[
     p!("smtpd_delay_reject", "yes", Bool, "apply client/helo/sender restrictions at RCPT TO", Yes),
     p!("smtpd_error_sleep_time", "1s", Time('s'), 0, MAXI, "pause before answering an error once soft_error_limit is reached", Yes),
     p!("smtpd_forbid_bare_newline", "normalize", Str, "bare LF / CR handling: normalize, yes (reject), no", Yes),
+    p!("smtpd_forbidden_commands", "CONNECT GET POST", List, "commands that mark a client as not speaking SMTP and end the session (header-like lines always do)", Yes),
     p!("smtpd_hard_error_limit", "${stress?{1}:{20}}", Int, 1, MAXI, "errors after which the session is ended", Yes),
     p!("smtpd_helo_required", "no", Bool, "require HELO/EHLO before MAIL FROM", Yes),
     p!("smtpd_junk_command_limit", "${stress?{1}:{100}}", Int, 1, MAXI, "NOOP/VRFY/ETRN/RSET commands allowed before an error counts", Yes),

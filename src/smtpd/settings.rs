@@ -1,0 +1,118 @@
+//! The smtpd settings one session uses, read once from the [`Config`] (with the service's
+//! `-o` overrides already applied) when the listener starts or reloads.
+
+use crate::config::Config;
+use std::time::Duration;
+
+/// smtpd_forbid_bare_newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNewline {
+    /// Accept a bare LF/CR as a line end (stored as CRLF), never as part of end-of-data.
+    Normalize,
+    /// Refuse it with 521 and disconnect.
+    Reject,
+    /// Postfix's `no`; relais treats it as `normalize`, because letting a bare LF end DATA is
+    /// what SMTP smuggling exploits.
+    No,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub myhostname: String,
+    pub banner: String,
+    /// master.cf service name (`smtp`, `submission`…).
+    pub service: String,
+    /// Log tag, `syslog_name/smtpd`.
+    pub tag: String,
+    pub line_length_limit: usize,
+    /// 0 means no limit.
+    pub message_size_limit: u64,
+    pub recipient_limit: usize,
+    pub timeout: Duration,
+    pub hard_error_limit: u32,
+    pub soft_error_limit: u32,
+    pub error_sleep_time: Duration,
+    pub junk_command_limit: u32,
+    pub helo_required: bool,
+    pub disable_vrfy: bool,
+    pub smtputf8: bool,
+    pub bare_newline: BareNewline,
+    /// Lower-cased words; only plain command names are supported.
+    pub forbidden_commands: Vec<String>,
+    pub fast_flush_domains: Vec<String>,
+    /// Simultaneous sessions per client address, 0 = unlimited.
+    pub connection_count_limit: usize,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config, service: &str) -> Settings {
+        let bare = match cfg
+            .get("smtpd_forbid_bare_newline")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "yes" | "true" | "1" | "reject" => BareNewline::Reject,
+            "no" | "false" | "0" => BareNewline::No,
+            "normalize" => BareNewline::Normalize,
+            other => {
+                tracing::warn!(
+                    "smtpd_forbid_bare_newline: unknown value \"{other}\"; using \"normalize\""
+                );
+                BareNewline::Normalize
+            }
+        };
+        let mut forbidden = Vec::new();
+        for w in cfg.get_list("smtpd_forbidden_commands") {
+            if w.contains(':') {
+                tracing::warn!(
+                    "smtpd_forbidden_commands: table \"{w}\" is not supported; header-like commands are always refused"
+                );
+            } else {
+                forbidden.push(w.to_ascii_lowercase());
+            }
+        }
+        Settings {
+            myhostname: cfg.get("myhostname"),
+            banner: cfg.get("smtpd_banner"),
+            service: service.to_string(),
+            tag: crate::log::tag(&cfg.get("syslog_name"), "smtpd"),
+            line_length_limit: cfg.get_size("line_length_limit").clamp(1, 1 << 24) as usize,
+            message_size_limit: cfg.get_size("message_size_limit"),
+            recipient_limit: cfg.get_int("smtpd_recipient_limit").max(1) as usize,
+            timeout: cfg.get_time("smtpd_timeout"),
+            hard_error_limit: cfg
+                .get_int("smtpd_hard_error_limit")
+                .clamp(1, u32::MAX as i64) as u32,
+            soft_error_limit: cfg
+                .get_int("smtpd_soft_error_limit")
+                .clamp(1, u32::MAX as i64) as u32,
+            error_sleep_time: cfg.get_time("smtpd_error_sleep_time"),
+            junk_command_limit: cfg
+                .get_int("smtpd_junk_command_limit")
+                .clamp(1, u32::MAX as i64) as u32,
+            helo_required: cfg.get_bool("smtpd_helo_required"),
+            disable_vrfy: cfg.get_bool("disable_vrfy_command"),
+            smtputf8: cfg.get_bool("smtputf8_enable"),
+            bare_newline: bare,
+            forbidden_commands: forbidden,
+            fast_flush_domains: cfg
+                .get_list("fast_flush_domains")
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            connection_count_limit: cfg.get_int("smtpd_client_connection_count_limit").max(0)
+                as usize,
+        }
+    }
+
+    /// Settings with Postfix's defaults at the current compatibility level and a fixed host
+    /// name, for tests.
+    pub fn for_tests() -> Settings {
+        let cfg = Config::from_text(
+            std::path::Path::new("/nonexistent"),
+            "compatibility_level = 3.6\nmyhostname = mail.example.com\nmail_name = relais\n",
+        )
+        .expect("the built-in test configuration parses");
+        Settings::from_config(&cfg, "smtp")
+    }
+}
