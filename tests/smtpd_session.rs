@@ -698,6 +698,32 @@ async fn bare_lf_rejected_when_forbidden() {
     .await;
     assert!(o.closed);
     assert!(o.backend.queued.lock().unwrap().is_empty());
+    // Every imitation of end-of-data is refused, none ends the message.
+    for (fake, what) in [
+        (&b"\n.\n"[..], "<LF>"),
+        (b"\r.\r", "<CR>"),
+        (b"\n.\r\n", "<LF>"),
+        (b"\r\n.\n", "<LF>"),
+        (b"\r\n.\r", "<CR>"),
+    ] {
+        let mut data = b"Subject: one\r\n\r\nA".to_vec();
+        data.extend_from_slice(fake);
+        data.extend_from_slice(b"MAIL FROM:<evil@example.com>\r\n.\r\n");
+        let reply = format!("521 5.5.2 mail.example.com Error: bare {what} received");
+        let o = run(
+            s.clone(),
+            vec![
+                ehlo(),
+                cmd("MAIL FROM:<a@example.com>", "250 2.1.0 Ok"),
+                cmd("RCPT TO:<b@example.net>", "250 2.1.5 Ok"),
+                cmd("DATA", "354"),
+                raw(&data, &[reply.as_str()]),
+            ],
+        )
+        .await;
+        assert!(o.closed, "{fake:?}");
+        assert!(o.backend.queued.lock().unwrap().is_empty(), "{fake:?}");
+    }
     // In commands too.
     let o = run(
         s,

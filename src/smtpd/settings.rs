@@ -116,3 +116,45 @@ impl Settings {
         Settings::from_config(&cfg, "smtp")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_text(std::path::Path::new("/nonexistent"), text).expect("parses")
+    }
+
+    #[test]
+    fn postfix_defaults() {
+        let s = Settings::from_config(&cfg("myhostname = mx.example.org\n"), "smtp");
+        assert_eq!(s.banner, "mx.example.org ESMTP relais");
+        assert_eq!(s.tag, "postfix/smtpd");
+        assert_eq!(s.line_length_limit, 2048);
+        assert_eq!(s.message_size_limit, 10240000);
+        assert_eq!(s.recipient_limit, 1000);
+        assert_eq!(s.timeout, Duration::from_secs(300));
+        assert_eq!(s.hard_error_limit, 20);
+        assert_eq!(s.soft_error_limit, 10);
+        assert_eq!(s.junk_command_limit, 100);
+        assert_eq!(s.error_sleep_time, Duration::from_secs(1));
+        assert_eq!(s.connection_count_limit, 50);
+        assert_eq!(s.bare_newline, BareNewline::Normalize);
+        assert_eq!(s.forbidden_commands, vec!["connect", "get", "post"]);
+        assert!(!s.disable_vrfy && !s.helo_required);
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let c = cfg("myhostname = mx.example.org\nsmtpd_forbid_bare_newline = yes\n")
+            .with_overrides([
+                ("smtpd_timeout", "10s"),
+                ("syslog_name", "postfix/submission"),
+            ]);
+        let s = Settings::from_config(&c, "submission");
+        assert_eq!(s.bare_newline, BareNewline::Reject);
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.tag, "postfix/submission/smtpd");
+        assert_eq!(s.service, "submission");
+    }
+}
