@@ -10,10 +10,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing_subscriber::prelude::*;
 
+/// One queued message as the backend received it.
+type Queued = (String, Envelope, Origin, Vec<u8>);
+
 #[derive(Default)]
 struct TestBackend {
     next: AtomicU32,
-    queued: Mutex<Vec<(String, Envelope, Origin, Vec<u8>)>>,
+    queued: Mutex<Vec<Queued>>,
 }
 
 impl Backend for TestBackend {
@@ -964,4 +967,33 @@ async fn postmaster_without_domain_is_accepted() {
     let q = o.backend.queued.lock().unwrap();
     assert_eq!(q[0].1.recipients[0].address, "postmaster");
     assert_eq!(q[0].2.protocol, "SMTP");
+}
+
+#[tokio::test]
+async fn ehlo_follows_settings() {
+    let mut s = settings();
+    s.smtputf8 = false;
+    s.disable_vrfy = true;
+    s.message_size_limit = 0;
+    let o = run(
+        s,
+        vec![
+            ehlo(),
+            cmd(
+                "MAIL FROM:<a@example.com> SMTPUTF8",
+                "555 5.5.4 Unsupported option: SMTPUTF8",
+            ),
+            cmd(
+                "MAIL FROM:<a@example.com> SIZE=999999999999",
+                "250 2.1.0 Ok",
+            ),
+        ],
+    )
+    .await;
+    assert!(o.replies.iter().any(|l| l == "250-SIZE"));
+    assert!(!o
+        .replies
+        .iter()
+        .any(|l| l.contains("SMTPUTF8") && l.starts_with("250")));
+    assert!(!o.replies.iter().any(|l| l == "250-VRFY"));
 }

@@ -140,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn run_inner(mut self) {
         let namaddr = self.info.namaddr();
         info!("connect from {namaddr}");
-        let banner = format!("{}", self.settings.banner);
+        let banner = self.settings.banner.clone();
         self.push_reply(&Reply::new(220, banner));
         let res = self.command_loop().await;
         match res {
@@ -297,8 +297,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             "mail" => self.cmd_mail(line).await,
             "rcpt" => self.cmd_rcpt(line).await,
-            "data" => self.cmd_data(args).await?,
-            "bdat" => self.cmd_bdat(args).await?,
+            "data" | "bdat" => {
+                let res = if counter == "data" {
+                    self.cmd_data(args).await
+                } else {
+                    self.cmd_bdat(args).await
+                };
+                match res {
+                    Ok(flow) => flow,
+                    Err(e) => {
+                        // Postfix counts a command that lost its connection as failed.
+                        self.count(counter, false);
+                        return Err(e);
+                    }
+                }
+            }
             "rset" => self.cmd_rset(args).await,
             "noop" => self.cmd_noop().await,
             "vrfy" => self.cmd_vrfy(args).await,
