@@ -44,7 +44,7 @@ async fn limits_connections_per_client_and_reloads() {
     let addr = listener.local_addr().unwrap();
     let cfg = Config::from_text(
         Path::new("/nonexistent"),
-        "myhostname = mail.example.com\nmail_name = relais\nsmtpd_client_connection_count_limit = 1\n",
+        "myhostname = mail.example.com\nmail_name = relais\nsmtpd_client_connection_count_limit = 1\nmynetworks = 192.0.2.0/24\n",
     )
     .unwrap();
     let smtpd = Smtpd::new(listener, &cfg, "smtp", Arc::new(Accept)).start();
@@ -81,4 +81,20 @@ async fn limits_connections_per_client_and_reloads() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(banner, "220 mail.example.com ESMTP reloaded\r\n");
+}
+
+#[actix_rt::test]
+async fn mynetworks_clients_are_exempt_from_the_limit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = Config::from_text(
+        Path::new("/nonexistent"),
+        "myhostname = mail.example.com\nmail_name = relais\nsmtpd_client_connection_count_limit = 1\nmynetworks = 127.0.0.0/8\n",
+    )
+    .unwrap();
+    let _smtpd = Smtpd::new(listener, &cfg, "smtp", Arc::new(Accept)).start();
+    let mut c1 = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let mut c2 = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert!(first_line(&mut c1).await.starts_with("220 "));
+    assert!(first_line(&mut c2).await.starts_with("220 "));
 }

@@ -129,6 +129,7 @@ pub static PARAMS: &[Param] = &[
     p!("message_size_limit", "10240000", Size, 0, MAXI, "largest message accepted, in bytes (0: no limit)", Yes),
     p!("smtpd_banner", "$myhostname ESMTP $mail_name", Str, "text after 220 in the greeting", Yes),
     p!("smtpd_client_connection_count_limit", "50", Int, 0, MAXI, "simultaneous connections one client may hold (0: no limit)", Yes),
+    p!("smtpd_client_event_limit_exceptions", "${smtpd_client_connection_limit_exceptions:$mynetworks}", List, "clients exempt from the per-client connection limits", Yes),
     p!("smtpd_delay_reject", "yes", Bool, "apply client/helo/sender restrictions at RCPT TO", Yes),
     p!("smtpd_error_sleep_time", "1s", Time('s'), 0, MAXI, "pause before answering an error once soft_error_limit is reached", Yes),
     p!("smtpd_forbid_bare_newline", "normalize", Str, "bare LF / CR handling: normalize, yes (reject), no", Yes),

@@ -48,6 +48,7 @@
 //!     myhostname (system host name)
 //!     smtpd_banner ($myhostname ESMTP $mail_name)
 //!     smtpd_client_connection_count_limit (50)
+//!     smtpd_client_event_limit_exceptions ($mynetworks)
 //!     smtpd_error_sleep_time (1s)
 //!     smtpd_forbid_bare_newline (normalize)
 //!     smtpd_forbidden_commands (CONNECT GET POST)

@@ -153,7 +153,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _guard = guard;
             let limit = s.connection_count_limit;
-            if limit > 0 && current > limit {
+            if limit > 0 && current > limit && !s.limit_exempt(ip) {
                 let span = crate::log::service_span!(s.tag.clone());
                 refuse(stream, &s, &info, current).instrument(span).await;
                 return;

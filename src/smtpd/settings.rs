@@ -42,6 +42,8 @@ pub struct Settings {
     pub fast_flush_domains: Vec<String>,
     /// Simultaneous sessions per client address, 0 = unlimited.
     pub connection_count_limit: usize,
+    /// Networks exempt from that limit (smtpd_client_event_limit_exceptions).
+    pub limit_exceptions: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -71,7 +73,17 @@ impl Settings {
                 forbidden.push(w.to_ascii_lowercase());
             }
         }
+        let mut limit_exceptions = Vec::new();
+        for e in cfg.get_list("smtpd_client_event_limit_exceptions") {
+            match parse_net(&e) {
+                Some(n) => limit_exceptions.push(n),
+                None => tracing::warn!(
+                    "smtpd_client_event_limit_exceptions: \"{e}\" is not an address or network; ignored"
+                ),
+            }
+        }
         Settings {
+            limit_exceptions,
             myhostname: cfg.get("myhostname"),
             banner: cfg.get("smtpd_banner"),
             service: service.to_string(),
@@ -105,6 +117,11 @@ impl Settings {
         }
     }
 
+    /// Whether a client address is exempt from the connection count limit.
+    pub fn limit_exempt(&self, ip: std::net::IpAddr) -> bool {
+        self.limit_exceptions.iter().any(|n| n.contains(&ip))
+    }
+
     /// Settings with Postfix's defaults at the current compatibility level and a fixed host
     /// name, for tests.
     pub fn for_tests() -> Settings {
@@ -115,6 +132,15 @@ impl Settings {
         .expect("the built-in test configuration parses");
         Settings::from_config(&cfg, "smtp")
     }
+}
+
+/// `1.2.3.0/24`, `1.2.3.4`, `[::1]/128`, `[::1]` as Postfix writes networks.
+fn parse_net(e: &str) -> Option<ipnet::IpNet> {
+    let e = e.replacen('[', "", 1).replacen(']', "", 1);
+    if let Ok(n) = e.parse::<ipnet::IpNet>() {
+        return Some(n.trunc());
+    }
+    e.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
 }
 
 #[cfg(test)]
@@ -142,6 +168,18 @@ mod tests {
         assert_eq!(s.bare_newline, BareNewline::Normalize);
         assert_eq!(s.forbidden_commands, vec!["connect", "get", "post"]);
         assert!(!s.disable_vrfy && !s.helo_required);
+    }
+
+    #[test]
+    fn limit_exceptions_default_to_mynetworks() {
+        let s = Settings::from_config(
+            &cfg("mynetworks = 127.0.0.0/8, [::1]/128, 192.0.2.7\n"),
+            "smtp",
+        );
+        assert!(s.limit_exempt("127.0.0.2".parse().unwrap()));
+        assert!(s.limit_exempt("::1".parse().unwrap()));
+        assert!(s.limit_exempt("192.0.2.7".parse().unwrap()));
+        assert!(!s.limit_exempt("192.0.2.8".parse().unwrap()));
     }
 
     #[test]
