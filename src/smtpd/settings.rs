@@ -1,0 +1,198 @@
+//! The smtpd settings one session uses, read once from the [`Config`] (with the service's
+//! `-o` overrides already applied) when the listener starts or reloads.
+
+use crate::config::Config;
+use std::time::Duration;
+
+/// smtpd_forbid_bare_newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNewline {
+    /// Accept a bare LF/CR as a line end (stored as CRLF), never as part of end-of-data.
+    Normalize,
+    /// Refuse it with 521 and disconnect.
+    Reject,
+    /// Postfix's `no`; relais treats it as `normalize`, because letting a bare LF end DATA is
+    /// what SMTP smuggling exploits.
+    No,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub myhostname: String,
+    pub banner: String,
+    /// master.cf service name (`smtp`, `submission`…).
+    pub service: String,
+    /// Log tag, `syslog_name/smtpd`.
+    pub tag: String,
+    pub line_length_limit: usize,
+    /// 0 means no limit.
+    pub message_size_limit: u64,
+    pub recipient_limit: usize,
+    pub timeout: Duration,
+    pub hard_error_limit: u32,
+    pub soft_error_limit: u32,
+    pub error_sleep_time: Duration,
+    pub junk_command_limit: u32,
+    pub helo_required: bool,
+    pub disable_vrfy: bool,
+    pub smtputf8: bool,
+    pub bare_newline: BareNewline,
+    /// Lower-cased words; only plain command names are supported.
+    pub forbidden_commands: Vec<String>,
+    pub fast_flush_domains: Vec<String>,
+    /// Simultaneous sessions per client address, 0 = unlimited.
+    pub connection_count_limit: usize,
+    /// Networks exempt from that limit (smtpd_client_event_limit_exceptions).
+    pub limit_exceptions: Vec<ipnet::IpNet>,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config, service: &str) -> Settings {
+        let bare = match cfg
+            .get("smtpd_forbid_bare_newline")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "yes" | "true" | "1" | "reject" => BareNewline::Reject,
+            "no" | "false" | "0" => BareNewline::No,
+            "normalize" => BareNewline::Normalize,
+            other => {
+                tracing::warn!(
+                    "smtpd_forbid_bare_newline: unknown value \"{other}\"; using \"normalize\""
+                );
+                BareNewline::Normalize
+            }
+        };
+        let mut forbidden = Vec::new();
+        for w in cfg.get_list("smtpd_forbidden_commands") {
+            if w.contains(':') {
+                tracing::warn!(
+                    "smtpd_forbidden_commands: table \"{w}\" is not supported; header-like commands are always refused"
+                );
+            } else {
+                forbidden.push(w.to_ascii_lowercase());
+            }
+        }
+        let mut limit_exceptions = Vec::new();
+        for e in cfg.get_list("smtpd_client_event_limit_exceptions") {
+            match parse_net(&e) {
+                Some(n) => limit_exceptions.push(n),
+                None => tracing::warn!(
+                    "smtpd_client_event_limit_exceptions: \"{e}\" is not an address or network; ignored"
+                ),
+            }
+        }
+        Settings {
+            limit_exceptions,
+            myhostname: cfg.get("myhostname"),
+            banner: cfg.get("smtpd_banner"),
+            service: service.to_string(),
+            tag: crate::log::tag(&cfg.get("syslog_name"), "smtpd"),
+            line_length_limit: cfg.get_size("line_length_limit").clamp(1, 1 << 24) as usize,
+            message_size_limit: cfg.get_size("message_size_limit"),
+            recipient_limit: cfg.get_int("smtpd_recipient_limit").max(1) as usize,
+            timeout: cfg.get_time("smtpd_timeout"),
+            hard_error_limit: cfg
+                .get_int("smtpd_hard_error_limit")
+                .clamp(1, u32::MAX as i64) as u32,
+            soft_error_limit: cfg
+                .get_int("smtpd_soft_error_limit")
+                .clamp(1, u32::MAX as i64) as u32,
+            error_sleep_time: cfg.get_time("smtpd_error_sleep_time"),
+            junk_command_limit: cfg
+                .get_int("smtpd_junk_command_limit")
+                .clamp(1, u32::MAX as i64) as u32,
+            helo_required: cfg.get_bool("smtpd_helo_required"),
+            disable_vrfy: cfg.get_bool("disable_vrfy_command"),
+            smtputf8: cfg.get_bool("smtputf8_enable"),
+            bare_newline: bare,
+            forbidden_commands: forbidden,
+            fast_flush_domains: cfg
+                .get_list("fast_flush_domains")
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            connection_count_limit: cfg.get_int("smtpd_client_connection_count_limit").max(0)
+                as usize,
+        }
+    }
+
+    /// Whether a client address is exempt from the connection count limit.
+    pub fn limit_exempt(&self, ip: std::net::IpAddr) -> bool {
+        self.limit_exceptions.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Settings with Postfix's defaults at the current compatibility level and a fixed host
+    /// name, for tests.
+    pub fn for_tests() -> Settings {
+        let cfg = Config::from_text(
+            std::path::Path::new("/nonexistent"),
+            "compatibility_level = 3.6\nmyhostname = mail.example.com\nmail_name = relais\n",
+        )
+        .expect("the built-in test configuration parses");
+        Settings::from_config(&cfg, "smtp")
+    }
+}
+
+/// `1.2.3.0/24`, `1.2.3.4`, `[::1]/128`, `[::1]` as Postfix writes networks.
+fn parse_net(e: &str) -> Option<ipnet::IpNet> {
+    let e = e.replacen('[', "", 1).replacen(']', "", 1);
+    if let Ok(n) = e.parse::<ipnet::IpNet>() {
+        return Some(n.trunc());
+    }
+    e.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_text(std::path::Path::new("/nonexistent"), text).expect("parses")
+    }
+
+    #[test]
+    fn postfix_defaults() {
+        let s = Settings::from_config(&cfg("myhostname = mx.example.org\n"), "smtp");
+        assert_eq!(s.banner, "mx.example.org ESMTP relais");
+        assert_eq!(s.tag, "postfix/smtpd");
+        assert_eq!(s.line_length_limit, 2048);
+        assert_eq!(s.message_size_limit, 10240000);
+        assert_eq!(s.recipient_limit, 1000);
+        assert_eq!(s.timeout, Duration::from_secs(300));
+        assert_eq!(s.hard_error_limit, 20);
+        assert_eq!(s.soft_error_limit, 10);
+        assert_eq!(s.junk_command_limit, 100);
+        assert_eq!(s.error_sleep_time, Duration::from_secs(1));
+        assert_eq!(s.connection_count_limit, 50);
+        assert_eq!(s.bare_newline, BareNewline::Normalize);
+        assert_eq!(s.forbidden_commands, vec!["connect", "get", "post"]);
+        assert!(!s.disable_vrfy && !s.helo_required);
+    }
+
+    #[test]
+    fn limit_exceptions_default_to_mynetworks() {
+        let s = Settings::from_config(
+            &cfg("mynetworks = 127.0.0.0/8, [::1]/128, 192.0.2.7\n"),
+            "smtp",
+        );
+        assert!(s.limit_exempt("127.0.0.2".parse().unwrap()));
+        assert!(s.limit_exempt("::1".parse().unwrap()));
+        assert!(s.limit_exempt("192.0.2.7".parse().unwrap()));
+        assert!(!s.limit_exempt("192.0.2.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let c = cfg("myhostname = mx.example.org\nsmtpd_forbid_bare_newline = yes\n")
+            .with_overrides([
+                ("smtpd_timeout", "10s"),
+                ("syslog_name", "postfix/submission"),
+            ]);
+        let s = Settings::from_config(&c, "submission");
+        assert_eq!(s.bare_newline, BareNewline::Reject);
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.tag, "postfix/submission/smtpd");
+        assert_eq!(s.service, "submission");
+    }
+}
