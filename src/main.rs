@@ -34,7 +34,16 @@ fn main() {
         }
     }
     let Some(command) = command else { usage() };
+    // Absolute, so that `$config_directory/…` table names stay valid in the daemon (Postfix
+    // insists on absolute table paths) whatever directory relais was started from.
     let cfg_dir = config::config_dir(dir.as_deref());
+    let cfg_dir = if cfg_dir.is_absolute() {
+        cfg_dir
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(&cfg_dir))
+            .unwrap_or(cfg_dir)
+    };
     let cfg = match Config::load(&cfg_dir) {
         Ok(c) => c,
         Err(e) => fatal(exit::FAIL, e),
@@ -130,24 +139,16 @@ fn start(cfg: &Config, cfg_dir: &std::path::Path, queue: &std::path::Path, verbo
     cmd.arg("start-fg").env("RELAIS_DAEMON", "1");
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // Keep stderr only when logging goes to a file; otherwise the daemon's log would be lost
-    // with the terminal, so send it to the queue directory's log.
-    let log_to_stderr = cfg.get("maillog_file").is_empty();
-    if log_to_stderr {
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(queue.join("maillog"))
-        {
-            Ok(f) => {
-                cmd.stderr(f);
-            }
-            Err(_) => {
-                cmd.stderr(std::process::Stdio::null());
-            }
+    // The daemon's standard error (its fatal start-up errors) goes to a file we can show.
+    let errfile = queue.join("pid").join("master.stderr");
+    let _ = std::fs::create_dir_all(queue.join("pid"));
+    match std::fs::File::create(&errfile) {
+        Ok(f) => {
+            cmd.stderr(f);
         }
-    } else {
-        cmd.stderr(std::process::Stdio::null());
+        Err(_) => {
+            cmd.stderr(std::process::Stdio::null());
+        }
     }
     // SAFETY: setsid in the child before exec detaches it from our session and terminal.
     unsafe {
@@ -165,7 +166,12 @@ fn start(cfg: &Config, cfg_dir: &std::path::Path, queue: &std::path::Path, verbo
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(Some(st)) = child.try_wait() {
-            eprintln!("{SCRIPT}: fatal: the daemon exited at start ({st}); see the mail log");
+            let why = std::fs::read_to_string(&errfile).unwrap_or_default();
+            let why: Vec<&str> = why.lines().filter(|l| !l.contains(": warning: ")).collect();
+            eprintln!(
+                "{SCRIPT}: fatal: the daemon exited at start ({st}): {}",
+                why.join("; ")
+            );
             return exit::FAIL;
         }
         if lock::running_pid(queue) == Some(child.id()) && master::daemon::ready(queue) {

@@ -34,6 +34,8 @@ pub const IMPLEMENTED_COMMANDS: &[&str] = &[
     "virtual",
     "trivial-rewrite",
     "anvil",
+    "smtp",
+    "lmtp",
 ];
 
 /// The column names as `postconf -F` prints them (also the `-Fe` field names).

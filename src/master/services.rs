@@ -172,8 +172,102 @@ pub fn load_specs(cfg: &Config) -> Result<Vec<ServiceSpec>, MasterError> {
             line: s.line,
         })
         .collect();
+    // A TLS-wrapped service without TLS would serve plaintext where clients expect
+    // encryption: it is not started (relais check says so too).
+    specs.retain(|s| {
+        let wrapped = s.command == "smtpd" && s.config(cfg).get_bool("smtpd_tls_wrappermode");
+        if wrapped {
+            tracing::warn!("service {}: smtpd_tls_wrappermode = yes needs TLS, which relais does not implement yet; the service is not started", s.id());
+        }
+        !wrapped
+    });
     specs.sort_by_key(|s| rank(&s.command));
     Ok(specs)
+}
+
+/// The addresses an inet smtpd row listens on: `host:port` from the service name, or the
+/// port (a number or smtp/submission/smtps) on each of inet_interfaces.
+pub fn listen_addrs(name: &str, cfg: &Config) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let port_of = |p: &str| -> Result<u16, String> {
+        match p {
+            "smtp" => Ok(25),
+            "submission" => Ok(587),
+            "smtps" | "submissions" => Ok(465),
+            n => n.parse().map_err(|_| format!("unknown service port {n:?}")),
+        }
+    };
+    if let Some((host, port)) = name.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = host.parse().map_err(|_| {
+            format!("{name}: only numeric addresses are supported in service names")
+        })?;
+        return Ok(vec![SocketAddr::new(ip, port_of(port)?)]);
+    }
+    let port = port_of(name)?;
+    let protos = cfg.get_list("inet_protocols");
+    let v4 = protos.iter().any(|p| p == "all" || p == "ipv4");
+    let v6 = protos.iter().any(|p| p == "all" || p == "ipv6");
+    let mut out = Vec::new();
+    for i in cfg.get_list("inet_interfaces") {
+        match i.as_str() {
+            "all" => {
+                // A v6 wildcard socket also takes v4 connections on Linux (dual stack).
+                if v6 {
+                    out.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+                } else {
+                    out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+                }
+            }
+            "loopback-only" => {
+                if v4 {
+                    out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+                }
+                if v6 {
+                    out.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+                }
+            }
+            a => {
+                let ip: IpAddr = a.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| format!("inet_interfaces: {a}: only addresses, all and loopback-only are supported"))?;
+                out.push(SocketAddr::new(ip, port));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("inet_interfaces names no address".into());
+    }
+    Ok(out)
+}
+
+/// One smtpd row: a listener actor per address, sharing one backend.
+struct SmtpdService {
+    addrs: Vec<Addr<crate::smtpd::server::Smtpd>>,
+    backend: Arc<crate::smtpd::backend::QueueBackend>,
+    rewriter: Arc<dyn Fn() -> Arc<Rewriter> + Send + Sync>,
+}
+
+impl ServiceHandle for SmtpdService {
+    fn alive(&self) -> bool {
+        self.addrs.iter().all(|a| a.connected())
+    }
+    fn reload(&self, cfg: Config) {
+        match crate::smtpd::relay::RelayPolicy::from_config(&cfg, (self.rewriter)()) {
+            Ok((p, _)) => {
+                if let Ok(mut g) = self.backend.policy.write() {
+                    *g = Arc::new(p);
+                }
+            }
+            Err(e) => tracing::warn!("reload: {e}; keeping the old relay policy"),
+        }
+        for a in &self.addrs {
+            a.do_send(crate::smtpd::server::Reload(cfg.clone()));
+        }
+    }
+    fn stop(&self) {
+        for a in &self.addrs {
+            a.do_send(crate::smtpd::server::Stop);
+        }
+    }
 }
 
 /// A built-in service: alive as long as the master is.
@@ -292,6 +386,36 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                     hostname: cfg.get("myhostname"),
                 };
                 Ok(agent(&sh, spec, &cfg, Arc::new(t)))
+            }
+            "smtpd" => {
+                let addrs = listen_addrs(&spec.name, &cfg)?;
+                let (policy, warnings) =
+                    crate::smtpd::relay::RelayPolicy::from_config(&cfg, sh.rewriter())
+                        .map_err(|e| e.to_string())?;
+                let span = crate::log::service_span!(tag);
+                for w in warnings {
+                    span.in_scope(|| tracing::warn!("service {}: {w}", spec.id()));
+                }
+                let sh2 = sh.clone();
+                let backend = Arc::new(crate::smtpd::backend::QueueBackend {
+                    queue: sh.queue.clone(),
+                    policy: RwLock::new(Arc::new(policy)),
+                    cleanup: Arc::new(move || {
+                        sh2.registry.cleanup.read().ok().and_then(|g| g.clone())
+                    }),
+                });
+                let mut started = Vec::new();
+                for a in addrs {
+                    let l = std::net::TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"))?;
+                    let b: Arc<dyn crate::smtpd::Backend> = backend.clone();
+                    started.push(crate::smtpd::server::Smtpd::new(l, &cfg, &spec.name, b).start());
+                }
+                let sh3 = sh.clone();
+                Ok(Box::new(SmtpdService {
+                    addrs: started,
+                    backend,
+                    rewriter: Arc::new(move || sh3.rewriter()),
+                }))
             }
             "smtp" | "lmtp" => {
                 let client = crate::smtp::Client::new(&cfg, sh.dns.clone()).with_tag(tag);

@@ -342,6 +342,16 @@ impl Queue {
             .map_err(|e| QueueError::Join(e.to_string()))?
     }
 
+    /// A fresh queue ID without leaving the caller's thread: sled's ID generator is an
+    /// in-memory counter that only occasionally persists a new range, so this is cheap
+    /// enough for smtpd's first RCPT.
+    pub fn new_id_now(&self) -> Result<String, QueueError> {
+        Ok(id::make(
+            self.inner.spool.generate_id()?,
+            self.inner.long_ids,
+        ))
+    }
+
     /// A fresh queue ID (unique across restarts; see [`id`]).
     pub async fn new_id(&self) -> Result<String, QueueError> {
         let long = self.inner.long_ids;

@@ -61,6 +61,7 @@
 //!     smtputf8_enable (yes)
 //!     syslog_name (postfix)
 
+pub mod backend;
 mod bdat;
 mod data;
 mod ehlo;
@@ -70,6 +71,7 @@ mod mail;
 mod noop;
 mod quit;
 mod rcpt;
+pub mod relay;
 pub mod reply;
 mod rset;
 pub mod server;
@@ -77,7 +79,6 @@ pub mod session;
 pub mod settings;
 pub mod state;
 mod vrfy;
-pub mod relay;
 
 pub use reply::Reply;
 pub use server::{Reload, Smtpd};

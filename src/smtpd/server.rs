@@ -18,6 +18,19 @@ use tracing::{info, warn, Instrument};
 #[rtype(result = "()")]
 pub struct Reload(pub Config);
 
+/// Stop accepting (the socket closes); sessions in progress finish on their own.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Smtpd {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 /// How many sessions each client address holds, shared by the accept loop and the sessions.
 type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
