@@ -383,3 +383,25 @@ fn edit_appends_missing_parameters_and_replaces_continued_lines() {
     let (v, _, _) = c.run(&["-h", "smtpd_client_restrictions"]);
     assert_eq!(v, "permit_mynetworks, reject\n");
 }
+
+#[test]
+fn repeated_settings_are_all_edited_with_a_warning_and_options_may_follow_operands() {
+    let c = Copy::new();
+    // The seed sets append_dot_mydomain twice; options after the operand still count.
+    let out = Command::new(env!("CARGO_BIN_EXE_postconf"))
+        .args(["append_dot_mydomain = yes", "-e", "-c"])
+        .arg(&c.dir)
+        .env_remove("MAIL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        c.unrewrite(&String::from_utf8_lossy(&out.stderr)),
+        "postconf: warning: /etc/postfix/main.cf: multiple entries for \"append_dot_mydomain\"\n"
+    );
+    let after = c.read("main.cf");
+    assert_eq!(after.matches("append_dot_mydomain = yes\n").count(), 2);
+    assert!(!after.contains("append_dot_mydomain     = no"));
+    let (v, _, _) = c.run(&["-h", "append_dot_mydomain"]);
+    assert_eq!(v, "yes\n");
+}

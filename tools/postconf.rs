@@ -58,17 +58,21 @@ fn usage() -> ! {
     fatal("usage: postconf [-c config_dir] [-d (defaults)] [-e (edit)] [-f (fold lines)] [-#/-X (comment-out/remove)] [-h (no names)] [-M (master.cf)] [-F (master.cf fields)] [-P (master.cf parameters)] [-n (non-default)] [-v (verbose)] [-x (expand)] [name...]")
 }
 
+/// Parses options the way glibc's getopt does for Postfix: option clusters may appear
+/// anywhere before `--`, and everything else is an operand.
 fn parse_args(argv: &[String]) -> Opts {
     let mut o = Opts::default();
     let mut i = 0;
     while i < argv.len() {
         let a = &argv[i];
         if a == "--" {
-            i += 1;
+            o.args.extend(argv[i + 1..].iter().cloned());
             break;
         }
         if !a.starts_with('-') || a.len() < 2 {
-            break;
+            o.args.push(a.clone());
+            i += 1;
+            continue;
         }
         let chars: Vec<char> = a[1..].chars().collect();
         let mut j = 0;
@@ -109,7 +113,6 @@ fn parse_args(argv: &[String]) -> Opts {
         }
         i += 1;
     }
-    o.args = argv[i.min(argv.len())..].to_vec();
     o
 }
 
@@ -266,11 +269,11 @@ fn edit_main_cf(o: &Opts, dir: &Path) -> Result<(), String> {
                 // Written as asked (Postfix accepts any name), but never silently.
                 warn(format!("{n}: unknown parameter"));
             }
-            if edits
+            if let Some(MainEdit::Set(_, earlier)) = edits
                 .iter()
-                .any(|e| matches!(e, MainEdit::Set(m, _) if *m == n))
+                .find(|e| matches!(e, MainEdit::Set(m, _) if *m == n))
             {
-                warn(format!("ignoring earlier request for \"{n}\""));
+                warn(format!("ignoring earlier request: '{n} = {earlier}'"));
             }
             edits.push(MainEdit::Set(n, v));
         } else {
@@ -295,6 +298,24 @@ fn edit_main_cf(o: &Opts, dir: &Path) -> Result<(), String> {
             edit::io_reason(&e)
         )
     })?;
+    // Every occurrence is edited, as Postfix does; say so when there is more than one.
+    if let Ok(parsed) = config::MainCf::parse(&text, &path) {
+        for e in &edits {
+            let name = match e {
+                MainEdit::Set(n, _) | MainEdit::Remove(n) | MainEdit::Comment(n) => n,
+            };
+            if parsed
+                .settings
+                .get(name)
+                .is_some_and(|s| !s.overridden_lines.is_empty())
+            {
+                warn(format!(
+                    "{}: multiple entries for \"{name}\"",
+                    path.display()
+                ));
+            }
+        }
+    }
     let new = edit::edit_main(&text, &edits);
     write_if_changed(&path, &text, &new)
 }

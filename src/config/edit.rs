@@ -682,7 +682,10 @@ mod tests {
             },
         ];
         for b in bad {
-            assert!(edit_master(MASTER, p, &[b.clone()]).is_err(), "{b:?}");
+            assert!(
+                edit_master(MASTER, p, std::slice::from_ref(&b)).is_err(),
+                "{b:?}"
+            );
         }
     }
 }
