@@ -117,6 +117,12 @@ fn parse_args(argv: &[String]) -> Opts {
 }
 
 fn main() {
+    // Like a C program, end quietly when the reader goes away (`postconf -d | head`)
+    // instead of reporting EPIPE as a fatal error.
+    // SAFETY: setting a signal disposition to the default has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let o = parse_args(&argv);
     let dir = config::config_dir(o.config.as_deref());
