@@ -251,7 +251,7 @@ impl ServiceHandle for SmtpdService {
         self.addrs.iter().all(|a| a.connected())
     }
     fn reload(&self, cfg: Config) {
-        match crate::smtpd::relay::RelayPolicy::from_config(&cfg, (self.rewriter)()) {
+        match crate::smtpd::policy::Policy::from_config(&cfg, (self.rewriter)()) {
             Ok((p, _)) => {
                 if let Ok(mut g) = self.backend.policy.write() {
                     *g = Arc::new(p);
@@ -390,7 +390,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
             "smtpd" => {
                 let addrs = listen_addrs(&spec.name, &cfg)?;
                 let (policy, warnings) =
-                    crate::smtpd::relay::RelayPolicy::from_config(&cfg, sh.rewriter())
+                    crate::smtpd::policy::Policy::from_config(&cfg, sh.rewriter())
                         .map_err(|e| e.to_string())?;
                 let span = crate::log::service_span!(tag);
                 for w in warnings {

@@ -1,10 +1,10 @@
-//! smtpd's link to the rest of the mail system: queue IDs from the queue, relay control from
-//! [`super::relay`], and complete messages to cleanup (whose answer comes only after the
+//! smtpd's link to the rest of the mail system: queue IDs from the queue, the access policy
+//! from [`super::policy`], and complete messages to cleanup (whose answer comes only after the
 //! message is on disk).
 
 use std::sync::{Arc, RwLock};
 
-use super::relay::{RelayPolicy, Verdict};
+use super::policy::{Ctx, Policy, Verdict};
 use super::reply::Reply;
 use super::session::SessionInfo;
 use super::{Backend, BoxFuture};
@@ -18,7 +18,7 @@ pub type CleanupLocator = Arc<dyn Fn() -> Option<actix::Addr<Cleanup>> + Send + 
 
 pub struct QueueBackend {
     pub queue: Queue,
-    pub policy: RwLock<Arc<RelayPolicy>>,
+    pub policy: RwLock<Arc<Policy>>,
     pub cleanup: CleanupLocator,
 }
 
@@ -47,7 +47,15 @@ impl Backend for QueueBackend {
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
-        match policy.check(&s.client_addr, rcpt) {
+        let ctx = Ctx {
+            client_addr: &s.client_addr,
+            client_name: &s.client_name,
+            helo: s.helo.as_deref(),
+            sender: s.sender.as_deref(),
+            rcpt,
+            sasl: false,
+        };
+        match policy.check(&ctx) {
             Verdict::Permit => Ok(()),
             Verdict::Reject(text) => Err(reply_of(&text)),
         }
