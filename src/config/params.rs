@@ -176,7 +176,7 @@ pub static PARAMS: &[Param] = &[
     p!("smtpd_tls_mandatory_protocols", "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1", List, "TLS versions for mandatory TLS", No),
     p!("smtpd_tls_protocols", "!SSLv2, !SSLv3", List, "TLS versions offered", No),
     p!("smtpd_tls_received_header", "no", Bool, "record TLS version and cipher in Received:", No),
-    p!("smtpd_tls_security_level", "", Str, "none, may or encrypt", Instead("relais has no TLS server yet: STARTTLS is not offered and mail is received in plaintext")),
+    p!("smtpd_tls_security_level", "", Str, "none, may or encrypt", Instead("relais has no TLS server yet: with none or may STARTTLS is not offered; with encrypt the smtpd service is not started at all, rather than accept plaintext")),
     p!("smtpd_tls_session_cache_database", "", Str, "TLS session cache (TLS 1.3 tickets make it unnecessary)", No),
     p!("smtpd_tls_wrappermode", "no", Bool, "TLS from the first byte (smtps, port 465)", Instead("relais has no TLS server yet: an smtps service with wrapper mode is not started")),
     p!("tls_medium_cipherlist", "aNULL:-aNULL:HIGH:MEDIUM:+RC4:@STRENGTH", Str, "OpenSSL cipher list of the medium grade", NO_CIPHERS),

@@ -174,12 +174,21 @@ pub fn load_specs(cfg: &Config) -> Result<Vec<ServiceSpec>, MasterError> {
         .collect();
     // A TLS-wrapped service without TLS would serve plaintext where clients expect
     // encryption: it is not started (relais check says so too).
+    // Likewise a service that must refuse plaintext (smtpd_tls_security_level = encrypt).
     specs.retain(|s| {
-        let wrapped = s.command == "smtpd" && s.config(cfg).get_bool("smtpd_tls_wrappermode");
-        if wrapped {
-            tracing::warn!("service {}: smtpd_tls_wrappermode = yes needs TLS, which relais does not implement yet; the service is not started", s.id());
+        if s.command != "smtpd" {
+            return true;
         }
-        !wrapped
+        let c = s.config(cfg);
+        let why = if c.get_bool("smtpd_tls_wrappermode") {
+            "smtpd_tls_wrappermode = yes"
+        } else if c.get("smtpd_tls_security_level").trim() == "encrypt" {
+            "smtpd_tls_security_level = encrypt"
+        } else {
+            return true;
+        };
+        tracing::warn!("service {}: {why} needs TLS, which relais does not implement yet; the service is not started rather than accept mail in plaintext", s.id());
+        false
     });
     specs.sort_by_key(|s| rank(&s.command));
     Ok(specs)
