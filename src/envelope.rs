@@ -106,4 +106,7 @@ pub struct Origin {
     pub uid: Option<u32>,
     /// Name of the master.cf service that received it (e.g. `smtp`, `submission`, `pickup`).
     pub service: String,
+    /// TLS in use when it was received (`TLSv1.3 with cipher …`), for the Received: header.
+    #[serde(default)]
+    pub tls: Option<String>,
 }

@@ -22,5 +22,6 @@ pub mod showq;
 pub mod smtp;
 pub mod smtpd;
 pub mod table;
+pub mod tlsmgr;
 pub mod trivial_rewrite;
 pub mod r#virtual;

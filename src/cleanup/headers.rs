@@ -86,9 +86,24 @@ pub fn rfc2822_date(t: DateTime<Local>) -> String {
     format!(
         "{} ({})",
         t.format("%a, %e %b %Y %H:%M:%S %z"),
-        t.format("%Z")
+        tz_abbrev(t.timestamp())
     )
     .replace(",  ", ", ")
+}
+
+/// The local time zone's abbreviation at `ts` (`UTC`, `CET`…); chrono does not know names.
+fn tz_abbrev(ts: i64) -> String {
+    // SAFETY: localtime_r fills the tm we own; tm_zone points to static storage in libc.
+    unsafe {
+        let t: libc::time_t = ts as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() || tm.tm_zone.is_null() {
+            return "UTC".to_string();
+        }
+        std::ffi::CStr::from_ptr(tm.tm_zone)
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// What cleanup knows about how a message arrived, for the Received: header.
@@ -105,6 +120,8 @@ pub struct ReceivedInfo<'a> {
     pub single_rcpt: Option<&'a str>,
     /// SASL user for `smtpd_sasl_authenticated_header`.
     pub sasl_user: Option<&'a str>,
+    /// TLS description for `smtpd_tls_received_header`.
+    pub tls: Option<&'a str>,
     pub now: DateTime<Local>,
 }
 
@@ -131,8 +148,12 @@ pub fn received(r: &ReceivedInfo) -> Header {
             .sasl_user
             .map(|u| format!("\n\t(Authenticated sender: {u})"))
             .unwrap_or_default();
+        let tls = r
+            .tls
+            .map(|t| format!("\n\t(using {t})\n\t(No client certificate requested)"))
+            .unwrap_or_default();
         let mut t = format!(
-            "Received: from {helo} ({} [{addr}]){auth}\n\tby {} ({}) with {} id {}",
+            "Received: from {helo} ({} [{addr}]){tls}{auth}\n\tby {} ({}) with {} id {}",
             r.client_name, r.myhostname, r.mail_name, r.protocol, r.queue_id
         );
         match r.single_rcpt {
@@ -191,6 +212,7 @@ mod tests {
             queue_id: "59A0A9AA1B2",
             single_rcpt: Some("postmaster@example.net"),
             sasl_user: None,
+            tls: None,
             now,
         };
         let h = received(&base);

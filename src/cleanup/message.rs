@@ -20,6 +20,7 @@ pub struct Settings {
     pub always_add_missing_headers: bool,
     pub header_size_limit: usize,
     pub sasl_authenticated_header: bool,
+    pub tls_received_header: bool,
     pub header_checks: Option<Box<dyn CheckTable>>,
     pub mime_header_checks: Option<Box<dyn CheckTable>>,
     pub body_checks: Option<Box<dyn CheckTable>>,
@@ -54,6 +55,7 @@ impl Settings {
             always_add_missing_headers: cfg.get_bool("always_add_missing_headers"),
             header_size_limit: cfg.get_size("header_size_limit") as usize,
             sasl_authenticated_header: cfg.get_bool("smtpd_sasl_authenticated_header"),
+            tls_received_header: cfg.get_bool("smtpd_tls_received_header"),
             header_checks: checks("header_checks")?,
             mime_header_checks: checks("mime_header_checks")?,
             body_checks: checks("body_checks")?,
@@ -292,6 +294,11 @@ pub fn process(sub: &Submission, s: &Settings) -> Result<Cleaned, Rejected> {
         } else {
             None
         },
+        tls: if s.tls_received_header {
+            o.tls.as_deref()
+        } else {
+            None
+        },
         now,
     });
     // Our own Received: header goes through header_checks too (the seed removes the
@@ -358,6 +365,7 @@ mod tests {
             always_add_missing_headers: false,
             header_size_limit: 102400,
             sasl_authenticated_header: true,
+            tls_received_header: true,
             header_checks: checks,
             mime_header_checks: None,
             body_checks: None,

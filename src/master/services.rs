@@ -174,21 +174,25 @@ pub fn load_specs(cfg: &Config) -> Result<Vec<ServiceSpec>, MasterError> {
         .collect();
     // A TLS-wrapped service without TLS would serve plaintext where clients expect
     // encryption: it is not started (relais check says so too).
-    // Likewise a service that must refuse plaintext (smtpd_tls_security_level = encrypt).
+    // A service that must refuse plaintext (wrapper mode, smtpd_tls_security_level = encrypt)
+    // is not started when its TLS keys cannot be loaded, rather than serve in plaintext.
     specs.retain(|s| {
         if s.command != "smtpd" {
             return true;
         }
         let c = s.config(cfg);
-        let why = if c.get_bool("smtpd_tls_wrappermode") {
-            "smtpd_tls_wrappermode = yes"
-        } else if c.get("smtpd_tls_security_level").trim() == "encrypt" {
-            "smtpd_tls_security_level = encrypt"
-        } else {
+        let required = c.get_bool("smtpd_tls_wrappermode") || crate::tlsmgr::Level::from_config(&c) == crate::tlsmgr::Level::Encrypt;
+        if !required {
             return true;
-        };
-        tracing::warn!("service {}: {why} needs TLS, which relais does not implement yet; the service is not started rather than accept mail in plaintext", s.id());
-        false
+        }
+        match crate::tlsmgr::server_config(&c) {
+            Ok(Some(_)) => true,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!("service {}: TLS is required but not available ({e}); the service is not started rather than accept mail in plaintext", s.id());
+                false
+            }
+        }
     });
     specs.sort_by_key(|s| rank(&s.command));
     Ok(specs)

@@ -36,6 +36,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             lines.push("VRFY".to_string());
         }
         lines.push("ETRN".to_string());
+        if s.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".to_string());
+        }
         lines.push("ENHANCEDSTATUSCODES".to_string());
         lines.push("8BITMIME".to_string());
         lines.push("DSN".to_string());
@@ -53,6 +56,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Bounded by line_length_limit already; keep log lines printable.
         let host: String = host.chars().filter(|c| !c.is_control()).collect();
         self.info.helo = Some(host);
-        self.info.protocol = protocol.to_string();
+        // ESMTPS / SMTPS once TLS is active, as Postfix records it.
+        self.info.protocol = if self.tls.is_some() {
+            format!("{protocol}S")
+        } else {
+            protocol.to_string()
+        };
     }
 }

@@ -16,6 +16,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .await;
             return Flow::Continue;
         }
+        if self.settings.tls_level == crate::tlsmgr::Level::Encrypt && self.tls.is_none() {
+            self.reply(Reply::new(530, "5.7.0 Must issue a STARTTLS command first"))
+                .await;
+            return Flow::Continue;
+        }
         if self.state.in_transaction() {
             self.reply(Reply::new(503, "5.5.1 Error: nested MAIL command"))
                 .await;

@@ -63,6 +63,7 @@
 
 pub mod backend;
 mod bdat;
+mod conn;
 mod data;
 mod ehlo;
 mod etrn;

@@ -81,7 +81,9 @@ const COUNTED: &[&str] = &[
 const QUOTE_LEN: usize = 30;
 
 pub struct Session<S> {
-    io: S,
+    io: super::conn::Conn<S>,
+    /// `TLSv1.3 with cipher …` once TLS is active.
+    pub(super) tls: Option<String>,
     pub(super) settings: Arc<Settings>,
     pub(super) backend: Arc<dyn Backend>,
     pub(super) info: SessionInfo,
@@ -111,7 +113,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         info: SessionInfo,
     ) -> Self {
         Session {
-            io,
+            io: super::conn::Conn::Plain(io),
+            tls: None,
             settings,
             backend,
             info,
@@ -140,6 +143,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn run_inner(mut self) {
         let namaddr = self.info.namaddr();
         info!("connect from {namaddr}");
+        if self.settings.tls_wrapper {
+            if let Err(e) = self.handshake().await {
+                info!("SSL_accept error from {namaddr}: {e}");
+                info!("lost connection after CONNECT from {namaddr}");
+                info!("disconnect from {namaddr}{}", self.counters_text());
+                return;
+            }
+        }
         let banner = self.settings.banner.clone();
         self.push_reply(&Reply::new(220, banner));
         let res = self.command_loop().await;
@@ -285,11 +296,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let flow = match counter {
             "helo" => self.cmd_helo(args).await,
             "ehlo" => self.cmd_ehlo(args).await,
-            "starttls" => {
-                self.reply(Reply::new(502, "5.5.1 Error: command not implemented"))
-                    .await;
-                Flow::Continue
-            }
+            "starttls" => self.cmd_starttls(args).await?,
             "auth" => {
                 self.reply(Reply::new(503, "5.5.1 Error: authentication not enabled"))
                     .await;
@@ -543,7 +550,73 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             sasl_user: None,
             uid: None,
             service: self.info.service.clone(),
+            tls: self.tls.clone(),
         }
+    }
+
+    /// TLS handshake on the current (plain) connection, bounded by smtpd_timeout. Anything
+    /// the client sent before the handshake has already been thrown away by the caller.
+    pub(super) async fn handshake(&mut self) -> Result<(), String> {
+        let Some(cfg) = self.settings.tls.clone() else {
+            return Err("TLS is not configured".into());
+        };
+        let plain = match std::mem::replace(&mut self.io, super::conn::Conn::Gone) {
+            super::conn::Conn::Plain(s) => s,
+            other => {
+                self.io = other;
+                return Err("TLS already active".into());
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        match tokio::time::timeout(self.settings.timeout, acceptor.accept(plain)).await {
+            Ok(Ok(stream)) => {
+                let desc = crate::tlsmgr::describe(stream.get_ref().1);
+                if self.settings.tls_loglevel > 0 {
+                    info!(
+                        "Anonymous TLS connection established from {}: {desc}",
+                        self.info.namaddr()
+                    );
+                }
+                self.tls = Some(desc);
+                self.io = super::conn::Conn::Tls(Box::new(stream));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    /// STARTTLS (RFC 3207): 220, then the handshake. Pipelined input sent before it is
+    /// discarded (the CVE-2011-0411 class of injection), and the session starts over: the
+    /// client must say EHLO again.
+    pub(super) async fn cmd_starttls(&mut self, args: &str) -> Result<Flow, SmtpdError> {
+        if self.settings.tls.is_none() {
+            self.reply(Reply::new(502, "5.5.1 Error: command not implemented"))
+                .await;
+            return Ok(Flow::Continue);
+        }
+        if self.tls.is_some() {
+            self.reply(Reply::new(554, "5.5.1 Error: TLS already active"))
+                .await;
+            return Ok(Flow::Continue);
+        }
+        if !args.trim().is_empty() {
+            self.reply(Reply::new(501, "5.5.4 Syntax: STARTTLS")).await;
+            return Ok(Flow::Continue);
+        }
+        self.push_reply(&Reply::new(220, "2.0.0 Ready to start TLS"));
+        self.flush().await?;
+        self.rbuf.clear();
+        self.rpos = 0;
+        self.eof = false;
+        if let Err(e) = self.handshake().await {
+            info!("SSL_accept error from {}: {e}", self.info.namaddr());
+            return Err(SmtpdError::Lost);
+        }
+        self.reset_transaction();
+        self.info.helo = None;
+        self.info.protocol = "SMTP".into();
+        Ok(Flow::Continue)
     }
 }
 

@@ -44,6 +44,12 @@ pub struct Settings {
     pub connection_count_limit: usize,
     /// Networks exempt from that limit (smtpd_client_event_limit_exceptions).
     pub limit_exceptions: Vec<ipnet::IpNet>,
+    /// rustls server configuration when STARTTLS or wrapper mode is on.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls_level: crate::tlsmgr::Level,
+    /// smtps: TLS from the first byte.
+    pub tls_wrapper: bool,
+    pub tls_loglevel: i64,
 }
 
 impl Settings {
@@ -82,7 +88,20 @@ impl Settings {
                 ),
             }
         }
+        let tls = match crate::tlsmgr::server_config(cfg) {
+            Ok(t) => t,
+            Err(e) => {
+                // The master refuses to start a service that requires TLS it cannot have; a
+                // service that only offers it goes on without STARTTLS.
+                tracing::warn!("TLS is not available for service {service}: {e}");
+                None
+            }
+        };
         Settings {
+            tls,
+            tls_level: crate::tlsmgr::Level::from_config(cfg),
+            tls_wrapper: cfg.get_bool("smtpd_tls_wrappermode"),
+            tls_loglevel: cfg.get_int("smtpd_tls_loglevel"),
             limit_exceptions,
             myhostname: cfg.get("myhostname"),
             banner: cfg.get("smtpd_banner"),

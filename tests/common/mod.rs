@@ -30,6 +30,7 @@ pub struct Instance {
     pub dir: tempfile::TempDir,
     pub smtp_port: u16,
     pub submission_port: u16,
+    pub smtps_port: u16,
     pub started: bool,
 }
 
@@ -46,27 +47,10 @@ impl Instance {
         std::fs::create_dir_all(&conf).unwrap();
         let q = dir.path().join("spool");
         let main = std::fs::read_to_string(root.join("conf/main.cf")).unwrap();
-        let main = main
-            .replace(
-                "queue_directory = spool",
-                &format!("queue_directory = {}", q.display()),
-            )
-            .replace(
-                "data_directory = spool/data",
-                &format!("data_directory = {}/data", q.display()),
-            )
-            .replace(
-                "maillog_file = spool/maillog",
-                &format!("maillog_file = {}/maillog", q.display()),
-            )
-            .replace(
-                "virtual_mailbox_base = spool/mailboxes",
-                &format!("virtual_mailbox_base = {}/mailboxes", q.display()),
-            )
-            .replace(
-                "regexp:conf/virtual_mailbox",
-                &format!("regexp:{}/virtual_mailbox", conf.display()),
-            );
+        // Every relative path of the default conf starts with spool/: move it into the test's
+        // temporary queue directory.
+        let main = main.replace("= spool", &format!("= {}", q.display()));
+
         std::fs::write(conf.join("main.cf"), format!("{main}\n{extra}\n")).unwrap();
         std::fs::copy(
             root.join("conf/virtual_mailbox"),
@@ -84,6 +68,7 @@ impl Instance {
             dir,
             smtp_port,
             submission_port,
+            smtps_port,
             started: false,
         }
     }

@@ -1,0 +1,195 @@
+//! NAME
+//!   tlsmgr - TLS keys and certificates for smtpd
+//!
+//! SUMMARY
+//!   Builds the rustls server configuration smtpd uses for STARTTLS and wrapper mode.
+//!
+//! DESCRIPTION
+//!   Loads smtpd_tls_cert_file (a PEM chain) and smtpd_tls_key_file (PEM, RSA/ECDSA/Ed25519;
+//!   default: the certificate file) every time smtpd's settings are (re)built, so
+//!   `relais reload` picks up renewed certificates without cutting sessions. When the
+//!   relais-specific parameter relais_tls_self_signed is yes and the files do not exist yet,
+//!   it generates a self-signed certificate for $myhostname (rcgen) and writes it there first,
+//!   so that the default configuration offers STARTTLS out of the box. Protocol versions follow
+//!   smtpd_tls_protocols (rustls speaks TLS 1.2 and 1.3 only; older ones are never offered).
+//!   Session tickets are rotated by rustls's ticketer.
+//!
+//! SECURITY
+//!   The private key file is created with mode 0600. Cipher suites are rustls's defaults (AEAD
+//!   with forward secrecy); OpenSSL cipher strings are reported by `relais check`.
+//!
+//! CONFIGURATION PARAMETERS
+//!   smtpd_tls_security_level (), smtpd_tls_cert_file (), smtpd_tls_key_file
+//!   ($smtpd_tls_cert_file), smtpd_tls_protocols, relais_tls_self_signed (no),
+//!   smtpd_tls_loglevel (0), smtpd_tls_received_header (no)
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{file}: {why}")]
+    File { file: String, why: String },
+}
+
+/// smtpd_tls_security_level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    None,
+    May,
+    Encrypt,
+}
+
+impl Level {
+    pub fn from_config(cfg: &Config) -> Level {
+        match cfg.get("smtpd_tls_security_level").trim() {
+            "may" => Level::May,
+            "encrypt" => Level::Encrypt,
+            _ => Level::None,
+        }
+    }
+}
+
+fn file_err(file: &Path, why: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        file: file.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Writes a self-signed certificate and key for `host` unless the files exist.
+fn ensure_self_signed(cert: &Path, key: &Path, host: &str) -> Result<(), TlsError> {
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let names = vec![host.to_string(), "localhost".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::Config(format!("self-signed certificate: {e}")))?;
+    for p in [cert, key] {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| file_err(d, e))?;
+        }
+    }
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(key)
+            .map_err(|e| file_err(key, e))?;
+        f.write_all(ck.key_pair.serialize_pem().as_bytes())
+            .map_err(|e| file_err(key, e))?;
+        f.sync_all().map_err(|e| file_err(key, e))?;
+    }
+    std::fs::write(cert, ck.cert.pem()).map_err(|e| file_err(cert, e))?;
+    tracing::info!(
+        "generated a self-signed certificate for {host} in {}",
+        cert.display()
+    );
+    Ok(())
+}
+
+/// Which TLS versions smtpd_tls_protocols allows (`!TLSv1.2` style exclusions, or a list).
+fn versions(cfg: &Config) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let spec = cfg.get_list("smtpd_tls_protocols");
+    let excluded = |v: &str| {
+        spec.iter()
+            .any(|s| s.eq_ignore_ascii_case(&format!("!{v}")))
+    };
+    let listed: Vec<&String> = spec.iter().filter(|s| !s.starts_with('!')).collect();
+    let allowed = |v: &str| {
+        !excluded(v) && (listed.is_empty() || listed.iter().any(|s| s.eq_ignore_ascii_case(v)))
+    };
+    let mut out = Vec::new();
+    if allowed("TLSv1.3") {
+        out.push(&rustls::version::TLS13);
+    }
+    if allowed("TLSv1.2") {
+        out.push(&rustls::version::TLS12);
+    }
+    out
+}
+
+/// The server configuration for smtpd, or None when TLS is off for this service.
+pub fn server_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    let wrapper = cfg.get_bool("smtpd_tls_wrappermode");
+    if Level::from_config(cfg) == Level::None && !wrapper {
+        return Ok(None);
+    }
+    let cert = cfg.get("smtpd_tls_cert_file");
+    if cert.trim().is_empty() {
+        return Err(TlsError::Config(
+            "TLS is required or offered but smtpd_tls_cert_file is empty".into(),
+        ));
+    }
+    let key = cfg.get("smtpd_tls_key_file");
+    let key = if key.trim().is_empty() {
+        cert.clone()
+    } else {
+        key
+    };
+    let (cert, key) = (
+        Path::new(cert.trim()).to_path_buf(),
+        Path::new(key.trim()).to_path_buf(),
+    );
+    if cfg.get_bool("relais_tls_self_signed") {
+        ensure_self_signed(&cert, &key, &cfg.get("myhostname"))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| file_err(&cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(&cert, e))?;
+    if chain.is_empty() {
+        return Err(file_err(&cert, "no certificate found"));
+    }
+    let pkey = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
+    let vers = versions(cfg);
+    if vers.is_empty() {
+        return Err(TlsError::Config("smtpd_tls_protocols excludes both TLSv1.2 and TLSv1.3, the only versions relais speaks".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&vers)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, pkey)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?;
+    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+        sc.ticketer = t;
+    }
+    Ok(Some(Arc::new(sc)))
+}
+
+/// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)`, as Postfix logs and writes
+/// into Received: headers.
+pub fn describe(conn: &rustls::ServerConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let (cipher, bits) = match conn.negotiated_cipher_suite() {
+        Some(cs) => {
+            // OpenSSL's names for the TLS 1.3 suites, as Postfix logs them.
+            let name = cs
+                .suite()
+                .as_str()
+                .unwrap_or("unknown")
+                .replacen("TLS13_", "TLS_", 1);
+            let bits = if name.contains("AES_128") { 128 } else { 256 };
+            (name, bits)
+        }
+        None => ("unknown".to_string(), 0),
+    };
+    format!("{version} with cipher {cipher} ({bits}/{bits} bits)")
+}
