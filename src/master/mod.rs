@@ -61,6 +61,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
         &cfg.dir.join("master.cf"),
         cfg,
     ));
+    out.extend(tls_problems(cfg));
     let q = queue_dir(cfg);
     if let Err(e) = std::fs::create_dir_all(&q) {
         out.push(Problem {
@@ -72,6 +73,40 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
             fatal: true,
             text: format!("queue_directory {}: not writable: {e}", q.display()),
         });
+    }
+    out
+}
+
+/// smtpd services whose TLS keys cannot be loaded: they will not start if they require TLS,
+/// and will not offer STARTTLS otherwise.
+fn tls_problems(cfg: &Config) -> Vec<Problem> {
+    let path = cfg.dir.join("master.cf");
+    let Ok(m) = crate::config::master_cf::MasterCf::read(&path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in m.services(cfg).into_iter().filter(|s| s.command == "smtpd") {
+        let mut ov: Vec<(&str, &str)> = vec![("service_name", s.name.as_str())];
+        ov.extend(s.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let c = cfg.with_overrides(ov);
+        if let Err(e) = crate::tlsmgr::server_config(&c) {
+            let required = c.get_bool("smtpd_tls_wrappermode")
+                || crate::tlsmgr::Level::from_config(&c) == crate::tlsmgr::Level::Encrypt;
+            let what = if required {
+                "the service will not be started rather than accept mail in plaintext"
+            } else {
+                "STARTTLS will not be offered"
+            };
+            out.push(Problem {
+                fatal: false,
+                text: format!(
+                    "{}, line {}: service {}: TLS keys cannot be loaded ({e}); {what}",
+                    path.display(),
+                    s.line,
+                    s.id()
+                ),
+            });
+        }
     }
     out
 }
