@@ -156,11 +156,19 @@ impl RelayPolicy {
             Some((l, d)) => (l, d),
             None => (rcpt, ""),
         };
+        // A bare name is judged as the address cleanup will make of it (user@$myorigin), as
+        // Postfix's smtpd does: otherwise `toto%tutu.org` from anywhere would be relayed to
+        // $myorigin whenever $myorigin is not one of our domains.
+        let canonical = if domain.is_empty() {
+            self.rewriter.canonicalize(rcpt)
+        } else {
+            rcpt.to_string()
+        };
         let unauth = || -> Result<bool, String> {
-            if domain.is_empty() {
-                // A bare name is completed with $myorigin by cleanup: local mail.
+            let Some((local, domain)) = canonical.rsplit_once('@') else {
+                // append_at_myorigin = no: the name stays local.
                 return Ok(false);
-            }
+            };
             // Sender-specified routing (percent hack, bang paths, nested @) never relays.
             if local.contains(['@', '%', '!']) {
                 return Ok(true);
@@ -300,6 +308,8 @@ mod tests {
             "toto@[192.0.2.1]",
             "toto@tutu.org.",
             "toto@TUTU.ORG",
+            "toto%tutu.org",
+            "tutu.org!toto",
         ] {
             assert!(
                 denied(trick),
@@ -311,6 +321,12 @@ mod tests {
         assert!(
             matches!(p.check(outsider, "toto@tutu.org"), Verdict::Reject(t) if t.starts_with("454 4.7.1 <toto@tutu.org>: Relay access denied"))
         );
+        // A bare name is judged as name@$myorigin: not ours here, so not relayed for outsiders.
+        let p2 = policy("mydestination = localhost");
+        assert!(
+            matches!(p2.check(outsider, "toto"), Verdict::Reject(t) if t.starts_with("454 4.7.1 <toto>: Relay access denied"))
+        );
+        assert_eq!(p2.check("127.0.0.1", "toto"), Verdict::Permit);
         // Trusted networks relay.
         assert_eq!(p.check("127.0.0.1", "toto@tutu.org"), Verdict::Permit);
         assert_eq!(p.check("::1", "toto@tutu.org"), Verdict::Permit);
