@@ -152,10 +152,7 @@ impl RelayPolicy {
     /// The decision for one recipient from one client.
     pub fn check(&self, client_addr: &str, rcpt: &str) -> Verdict {
         let rcpt_disp = format!("<{rcpt}>");
-        let (local, domain) = match rcpt.rsplit_once('@') {
-            Some((l, d)) => (l, d),
-            None => (rcpt, ""),
-        };
+        let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
         // A bare name is judged as the address cleanup will make of it (user@$myorigin), as
         // Postfix's smtpd does: otherwise `toto%tutu.org` from anywhere would be relayed to
         // $myorigin whenever $myorigin is not one of our domains.
