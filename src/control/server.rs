@@ -218,13 +218,8 @@ impl QueueHandler {
     }
 
     async fn list(&self) -> Result<Vec<Entry>, crate::queue::QueueError> {
-        let mut out = Vec::new();
-        for q in QueueName::SHOWQ_ORDER {
-            for m in self.queue.list(q).await? {
-                out.push(entry(&m));
-            }
-        }
-        Ok(out)
+        let all = self.queue.list_many(&QueueName::SHOWQ_ORDER).await?;
+        Ok(all.iter().map(entry).collect())
     }
 
     async fn superop(

@@ -501,6 +501,28 @@ impl Queue {
         .await
     }
 
+    /// Every decodable message of `queues`, from one pass over the records, grouped in the
+    /// order of `queues` and in ID order within each. One pass (not one listing per queue)
+    /// because messages move while we read: queue by queue, a message going from active to
+    /// deferred would be listed twice, and one going from deferred to active not at all.
+    pub async fn list_many(&self, queues: &[QueueName]) -> Result<Vec<Message>, QueueError> {
+        let queues = queues.to_vec();
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for (id, _) in s.all()? {
+                match get_sync(s, &id) {
+                    Ok(Some(m)) if queues.contains(&m.queue) => out.push(m),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            // Stable: keeps ID order within a queue.
+            out.sort_by_key(|m| queues.iter().position(|q| *q == m.queue));
+            Ok(out)
+        })
+        .await
+    }
+
     /// The one place where a message changes queue or record: if it is in one of `from`,
     /// `edit` may change the record, and it moves to `to` — one transaction. Returns the
     /// message as it was before, or None if it is absent, in another queue, or corrupt.

@@ -266,3 +266,42 @@ async fn events_reach_the_hook() {
         .unwrap();
     assert_eq!(rx.recv().await, Some(QueueEvent::NewMaildrop(id)));
 }
+
+/// list_many: one entry per message, grouped in the order asked, ID order within a queue.
+#[tokio::test]
+async fn list_many_groups_once_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), false).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = q
+            .enqueue(QueueName::Incoming, rec("a@x", &["b@y"]), vec![b'x'; i])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    for id in [&ids[0], &ids[2]] {
+        q.transition(id, &[QueueName::Incoming], QueueName::Deferred, |_| {})
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let order = [QueueName::Incoming, QueueName::Deferred];
+    let got: Vec<(String, QueueName)> = q
+        .list_many(&order)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m.queue))
+        .collect();
+    let mut want = vec![
+        (ids[1].clone(), QueueName::Incoming),
+        (ids[3].clone(), QueueName::Incoming),
+        (ids[0].clone(), QueueName::Deferred),
+        (ids[2].clone(), QueueName::Deferred),
+    ];
+    want[..2].sort();
+    want[2..].sort();
+    assert_eq!(got, want);
+    assert!(q.list_many(&[QueueName::Hold]).await.unwrap().is_empty());
+}

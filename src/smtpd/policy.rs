@@ -604,8 +604,12 @@ impl Policy {
 
     /// Whether relaying to this recipient needs authorization.
     fn unauth(&self, rcpt: &str) -> Result<bool, String> {
-        let Some((local, domain)) = rcpt.rsplit_once('@') else {
-            // A bare name is completed with $myorigin by cleanup: local mail.
+        // A bare name is judged as the address cleanup will make of it (user@$myorigin), as
+        // Postfix's smtpd does: otherwise `toto%tutu.org` would be relayed to $myorigin
+        // whenever $myorigin is not one of our domains.
+        let canonical = if rcpt.contains('@') { rcpt.to_string() } else { self.rewriter.canonicalize(rcpt) };
+        let Some((local, domain)) = canonical.rsplit_once('@') else {
+            // append_at_myorigin = no: the name stays local.
             return Ok(false);
         };
         // Sender-specified routing (percent hack, bang paths, nested @) never relays.
@@ -779,6 +783,8 @@ mod tests {
             "toto@tutu.org.",
             "toto@TUTU.ORG",
             "toto@",
+            "toto%tutu.org",
+            "tutu.org!toto",
         ] {
             assert!(
                 denied(trick),
@@ -789,6 +795,10 @@ mod tests {
         assert!(
             matches!(check(&p, outsider, "toto@tutu.org"), Verdict::Reject(t) if t.starts_with("454 4.7.1 <toto@tutu.org>: Relay access denied"))
         );
+        // A bare name is judged as name@$myorigin: not ours here, so not relayed for outsiders.
+        let p2 = policy("mydestination = localhost");
+        assert!(matches!(check(&p2, outsider, "toto"), Verdict::Reject(t) if t.starts_with("454 4.7.1 <toto>: Relay access denied")));
+        assert_eq!(check(&p2, "127.0.0.1", "toto"), Verdict::Permit);
         assert_eq!(check(&p, "127.0.0.1", "toto@tutu.org"), Verdict::Permit);
         assert_eq!(check(&p, "::1", "toto@tutu.org"), Verdict::Permit);
         assert!(

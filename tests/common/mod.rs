@@ -204,3 +204,119 @@ impl Smtp {
         s
     }
 }
+
+/// Runs a command with a deadline: its output, or a panic naming the command if it ran past
+/// `timeout` (it is killed first, so a hung peer never hangs the test suite).
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes; the last answer.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A main.cf line sending all non-local mail to a relayhost on a closed loopback port, so
+/// it stays deferred in the queue (nothing leaves the machine).
+pub fn relayhost_to_nowhere() -> String {
+    format!("relayhost = [127.0.0.1]:{}", free_port())
+}
+
+impl Instance {
+    /// `postqueue -j` through the real binary: every line parsed as JSON (a line that is not
+    /// valid JSON fails the test).
+    pub fn queue_json(&self) -> Vec<serde_json::Value> {
+        let out = run_bounded(
+            Command::new(bin("postqueue"))
+                .arg("-c")
+                .arg(self.conf())
+                .arg("-j"),
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success(),
+            "postqueue -j failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("postqueue -j line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// `postcat -q ID` through the real binary: (success, stdout).
+    pub fn postcat(&self, id: &str) -> (bool, String) {
+        let out = run_bounded(
+            Command::new(bin("postcat"))
+                .arg("-c")
+                .arg(self.conf())
+                .args(["-q", id]),
+            Duration::from_secs(30),
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// The files delivered so far into `user@localhost`'s Maildir `new/`.
+    pub fn maildir_new(&self, user: &str) -> Vec<PathBuf> {
+        let dir = self
+            .queue()
+            .join("mailboxes/localhost")
+            .join(user)
+            .join("new");
+        std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+}
