@@ -55,7 +55,10 @@ mx-c     IN A   127.0.0.4
     );
     assert!(
         wait_queue_empty(&inst, Duration::from_secs(30)),
-        "{}\n{}",
+        "connections a/b/c: {}/{}/{}\n{}\n{}",
+        a.connections(),
+        b.connections(),
+        c.connections(),
         postqueue_p(&inst),
         inst.log()
     );

@@ -151,6 +151,15 @@ impl Drop for Peer {
 }
 
 fn serve(s: TcpStream, st: Arc<Mutex<PeerState>>) {
+    let keep = s.try_clone();
+    serve_session(s, st);
+    // The peer keeps a clone of every socket (to cut them when it stops): close explicitly.
+    if let Ok(k) = keep {
+        let _ = k.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn serve_session(s: TcpStream, st: Arc<Mutex<PeerState>>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(rs) = s.try_clone() else { return };
     let mut r = BufReader::new(rs);
