@@ -274,7 +274,7 @@ pub fn submit(port: u16, from: &str, rcpts: &[&str], subject: &str, body: &str) 
     assert!(r.starts_with("250"), "{r}");
     for rc in rcpts {
         let (a, params) = rc.split_once(' ').unwrap_or((rc, ""));
-        let r = c.cmd(&format!("RCPT TO:<{a}> {params}").trim_end().to_string());
+        let r = c.cmd(format!("RCPT TO:<{a}> {params}").trim_end());
         assert!(r.starts_with("250"), "RCPT {rc}: {r}");
     }
     let r = c.cmd("DATA");
