@@ -88,4 +88,9 @@ impl Backend for QueueBackend {
             }
         })
     }
+
+    fn flush_site(&self, site: &str) {
+        self.queue
+            .notify(crate::queue::QueueEvent::FlushSite(site.to_string()));
+    }
 }

@@ -1,6 +1,7 @@
-//! ETRN: ask for a queue run for a domain. Only domains in fast_flush_domains are served; the
-//! flush itself is the flush service's job (not wired yet), so this answers only. Postfix's
-//! ETRN replies carry no enhanced status codes, and neither do ours.
+//! ETRN: ask for a queue run for a domain. Only domains in fast_flush_domains are served; an
+//! accepted ETRN asks qmgr (through the backend) to retry that domain's deferred mail now, as
+//! `postqueue -s` does. Postfix's ETRN replies carry no enhanced status codes, and neither do
+//! ours.
 
 use super::reply::Reply;
 use super::session::{Flow, Session};
@@ -41,6 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             d == f || d.ends_with(&format!(".{f}"))
         });
         if served {
+            self.backend.flush_site(&d);
             self.reply(Reply::new(250, "Queuing started")).await;
         } else {
             warn!("reject: ETRN {arg}... from {}", self.info.namaddr());

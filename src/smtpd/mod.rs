@@ -106,6 +106,9 @@ pub trait Backend: Send + Sync + 'static {
         origin: crate::envelope::Origin,
         content: Vec<u8>,
     ) -> BoxFuture<'static, Result<(), Reply>>;
+    /// ETRN accepted for `site`: ask for a queue run of its deferred mail (nothing by default,
+    /// for backends without a queue).
+    fn flush_site(&self, _site: &str) {}
 }
 
 /// Why a session ended early (everything else is an SMTP reply, not an error).
