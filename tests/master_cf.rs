@@ -88,7 +88,7 @@ fn seed_check_warns_for_unsupported_commands_and_is_not_fatal() {
         &"/etc/postfix/master.cf, line 28: service maildrop/unix: command pipe is not supported by relais; the service is not started"
     ), "{texts:#?}");
     assert!(texts.contains(
-        &"/etc/postfix/master.cf, line 7: service rewrite/unix: command trivial-rewrite is not supported by relais; the service is not started"
+        &"/etc/postfix/master.cf, line 6: service tlsmgr/unix: command tlsmgr is not supported by relais; the service is not started"
     ));
     // Implemented daemons are not reported as unsupported.
     for cmd in IMPLEMENTED_COMMANDS {

@@ -607,7 +607,11 @@ impl Policy {
         // A bare name is judged as the address cleanup will make of it (user@$myorigin), as
         // Postfix's smtpd does: otherwise `toto%tutu.org` would be relayed to $myorigin
         // whenever $myorigin is not one of our domains.
-        let canonical = if rcpt.contains('@') { rcpt.to_string() } else { self.rewriter.canonicalize(rcpt) };
+        let canonical = if rcpt.contains('@') {
+            rcpt.to_string()
+        } else {
+            self.rewriter.canonicalize(rcpt)
+        };
         let Some((local, domain)) = canonical.rsplit_once('@') else {
             // append_at_myorigin = no: the name stays local.
             return Ok(false);
@@ -797,7 +801,9 @@ mod tests {
         );
         // A bare name is judged as name@$myorigin: not ours here, so not relayed for outsiders.
         let p2 = policy("mydestination = localhost");
-        assert!(matches!(check(&p2, outsider, "toto"), Verdict::Reject(t) if t.starts_with("454 4.7.1 <toto>: Relay access denied")));
+        assert!(
+            matches!(check(&p2, outsider, "toto"), Verdict::Reject(t) if t.starts_with("454 4.7.1 <toto>: Relay access denied"))
+        );
         assert_eq!(check(&p2, "127.0.0.1", "toto"), Verdict::Permit);
         assert_eq!(check(&p, "127.0.0.1", "toto@tutu.org"), Verdict::Permit);
         assert_eq!(check(&p, "::1", "toto@tutu.org"), Verdict::Permit);

@@ -321,19 +321,6 @@ pub fn wait_queue_empty(inst: &Instance, timeout: Duration) -> bool {
     wait_until(timeout, || postqueue_p(inst) == "Mail queue is empty\n")
 }
 
-pub fn wait_until<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Files in `mailboxes/localhost/<user>/new` of the instance.
 pub fn maildir(inst: &Instance, user: &str) -> Vec<PathBuf> {
     let dir = inst
