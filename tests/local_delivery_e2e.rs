@@ -29,28 +29,27 @@ fn wait_files(inst: &Instance, user: &str, n: usize) -> Vec<std::path::PathBuf> 
     }
 }
 
+/// Submits `body` with the real sendmail, as `from`, to `to`.
+fn sendmail(inst: &Instance, from: &str, to: &str, body: &[u8]) {
+    let mut child = Command::new(bin("sendmail"))
+        .args(["-C", inst.conf().to_str().unwrap(), "-f", from, to])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn sendmail_to_local_user_lands_in_maildir() {
     let mut inst = Instance::new();
     inst.start();
-    let mut child = Command::new(bin("sendmail"))
-        .args([
-            "-C",
-            inst.conf().to_str().unwrap(),
-            "-f",
-            "alice@example.com",
-            "bob@localhost",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: hello\nTo: bob@localhost\n\nFirst line.\n..leading dot kept\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    sendmail(
+        &inst,
+        "alice@example.com",
+        "bob@localhost",
+        b"Subject: hello\nTo: bob@localhost\n\nFirst line.\n..leading dot kept\n",
+    );
     let files = wait_files(&inst, "bob", 1);
     assert_eq!(
         files.len(),
@@ -102,24 +101,12 @@ fn undeliverable_mail_bounces_to_a_local_sender() {
         "transport_maps = inline:{ { bounce.example = error:5.1.1 No such user here } }",
     );
     inst.start();
-    let mut child = Command::new(bin("sendmail"))
-        .args([
-            "-C",
-            inst.conf().to_str().unwrap(),
-            "-f",
-            "carol@localhost",
-            "nobody@bounce.example",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: lost\n\nbody of the lost message\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "nobody@bounce.example",
+        b"Subject: lost\n\nbody of the lost message\n",
+    );
     let files = wait_files(&inst, "carol", 1);
     assert_eq!(
         files.len(),
