@@ -350,7 +350,6 @@ impl Policy {
 
     fn one(&self, r: &str, arg: Option<&str>, stage: Stage, ctx: &Ctx, depth: usize) -> Decision {
         let (what, class) = self.subject(stage, ctx);
-        let rcpt_domain = ctx.rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         match r {
             "permit" => Decision::Permit,
             "dunno" | "warn_if_reject" => Decision::Dunno,
@@ -484,10 +483,7 @@ impl Policy {
             name => match self.classes.get(name) {
                 Some(list) => self.eval(list, stage, ctx, depth + 1),
                 // Unknown restrictions were named in a warning at start.
-                None => {
-                    let _ = rcpt_domain;
-                    Decision::Dunno
-                }
+                None => Decision::Dunno,
             },
         }
     }
@@ -526,6 +522,11 @@ impl Policy {
             None => (v, ""),
         };
         let (what, class) = self.subject(stage, ctx);
+        let shown = if text.is_empty() {
+            "Access denied"
+        } else {
+            text
+        };
         let upper = word.to_ascii_uppercase();
         match upper.as_str() {
             "OK" | "PERMIT" => Decision::Permit,
@@ -535,22 +536,14 @@ impl Policy {
                 None,
                 &what,
                 class,
-                if text.is_empty() {
-                    "Access denied"
-                } else {
-                    text
-                },
+                shown,
             )),
             "DEFER" => Decision::Reject(reject_text(
                 self.access_defer_code,
                 None,
                 &what,
                 class,
-                if text.is_empty() {
-                    "Access denied"
-                } else {
-                    text
-                },
+                shown,
             )),
             "WARN" => {
                 tracing::warn!("access table: {what}: {class}: {text}");
