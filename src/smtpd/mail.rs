@@ -126,6 +126,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ..Default::default()
         };
         self.info.sender = Some(from.address);
+        self.info.size = self.declared_size.unwrap_or(0);
+        // smtpd_sender_restrictions now when smtpd_delay_reject = no.
+        let c = if self.backend.delay_reject() {
+            super::Checked::permit()
+        } else {
+            self.backend
+                .check(super::CheckPoint::Mail, &self.info, "")
+                .await
+        };
+        let mut env = env;
+        let id = self.info.queue_id.clone();
+        self.log_events(id.as_deref(), super::CheckPoint::Mail, &c.events, None);
+        if let Some(r) = c.reject {
+            self.log_whatsup(None, "reject", super::CheckPoint::Mail, &r.one_line(), None);
+            self.info.sender = None;
+            self.reply(r).await;
+            return Flow::Continue;
+        }
+        env.actions.merge(c.actions);
         self.state = State::Mail(Box::new(Transaction {
             envelope: env,
             queue_id: None,

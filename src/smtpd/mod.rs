@@ -63,6 +63,7 @@
 
 pub mod backend;
 mod bdat;
+mod checks;
 mod conn;
 mod data;
 mod ehlo;
@@ -71,6 +72,7 @@ mod help;
 mod mail;
 mod noop;
 pub mod policy;
+pub mod policy_client;
 mod quit;
 mod rcpt;
 pub mod reply;
@@ -92,12 +94,121 @@ use thiserror::Error;
 /// A boxed future, so that [`Backend`] stays object-safe.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// Where the session asks the access policy (Postfix's restriction list stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPoint {
+    /// smtpd_client_restrictions at connect (smtpd_delay_reject = no).
+    Connect,
+    /// smtpd_helo_restrictions at HELO/EHLO (smtpd_delay_reject = no).
+    Helo,
+    /// smtpd_sender_restrictions at MAIL FROM (smtpd_delay_reject = no).
+    Mail,
+    /// Everything due at RCPT TO (see [`Backend::check_recipient`]).
+    Rcpt,
+    /// smtpd_data_restrictions at DATA (and the first BDAT).
+    Data,
+    /// smtpd_end_of_data_restrictions after the content, before it is queued.
+    EndOfData,
+    /// smtpd_etrn_restrictions at ETRN.
+    Etrn,
+}
+
+impl CheckPoint {
+    /// The command named in `NOQUEUE: reject: CMD from …`.
+    pub fn command(self) -> &'static str {
+        match self {
+            CheckPoint::Connect => "CONNECT",
+            CheckPoint::Helo => "EHLO",
+            CheckPoint::Mail => "MAIL",
+            CheckPoint::Rcpt => "RCPT",
+            CheckPoint::Data => "DATA",
+            CheckPoint::EndOfData => "END-OF-MESSAGE",
+            CheckPoint::Etrn => "ETRN",
+        }
+    }
+}
+
+/// Something the policy did that Postfix logs as `ID: KIND: CMD from host[addr]: TEXT; from=…`
+/// (kind: hold, discard, redirect, filter, bcc, warn, info, reject_warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// The access policy's answer at one check point.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// The refusal, if refused.
+    pub reject: Option<Reply>,
+    /// Side effects on the transaction (HOLD, DISCARD, REDIRECT, FILTER, BCC, PREPEND).
+    pub actions: crate::envelope::Actions,
+    pub events: Vec<Event>,
+}
+
+impl Checked {
+    pub fn permit() -> Checked {
+        Checked::default()
+    }
+    pub fn reject(r: Reply) -> Checked {
+        Checked {
+            reject: Some(r),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a reverse lookup of the client's address found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameStatus {
+    #[default]
+    Ok,
+    /// Temporary DNS failure.
+    Temp,
+    /// No name (or, for the verified name, no forward confirmation).
+    Perm,
+}
+
+/// The client's names: the verified one (PTR and forward lookup agree) and the PTR one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientNames {
+    pub name: String,
+    pub name_status: NameStatus,
+    pub reverse_name: String,
+    pub reverse_status: NameStatus,
+}
+
+impl ClientNames {
+    pub fn unknown() -> ClientNames {
+        ClientNames {
+            name: "unknown".into(),
+            name_status: NameStatus::Perm,
+            reverse_name: "unknown".into(),
+            reverse_status: NameStatus::Perm,
+        }
+    }
+}
+
 /// What smtpd needs from the rest of the mail system.
 pub trait Backend: Send + Sync + 'static {
     /// A fresh queue ID, taken when the first recipient is accepted (logged as `ID: client=…`).
     fn new_queue_id(&self) -> String;
-    /// Relay control / recipient validation for one RCPT; Ok(()) accepts, Err(reply) rejects.
-    fn check_recipient(&self, s: &SessionInfo, rcpt: &str) -> Result<(), Reply>;
+    /// The access policy for one RCPT: with smtpd_delay_reject = yes the client, HELO and
+    /// sender lists, then relay control and the recipient list. May do DNS or talk to a
+    /// policy server, hence the future.
+    fn check_recipient(&self, s: &SessionInfo, rcpt: &str) -> BoxFuture<'static, Checked>;
+    /// The access policy at the other check points; `arg` is the ETRN domain (else empty).
+    fn check(&self, _at: CheckPoint, _s: &SessionInfo, _arg: &str) -> BoxFuture<'static, Checked> {
+        Box::pin(async { Checked::permit() })
+    }
+    /// smtpd_delay_reject: client/HELO/sender restrictions wait for RCPT TO.
+    fn delay_reject(&self) -> bool {
+        true
+    }
+    /// The client's host names from DNS (PTR, then forward confirmation), bounded in time.
+    fn lookup_client(&self, _addr: std::net::IpAddr) -> BoxFuture<'static, ClientNames> {
+        Box::pin(async { ClientNames::unknown() })
+    }
     /// Hands a complete message to cleanup; resolves only when it is durably queued.
     fn enqueue(
         &self,

@@ -23,6 +23,16 @@ pub struct SessionInfo {
     pub sender: Option<String>,
     /// master.cf service name.
     pub service: String,
+    /// The PTR name (not forward-confirmed), or `unknown`.
+    pub reverse_name: String,
+    pub name_status: super::NameStatus,
+    pub reverse_status: super::NameStatus,
+    /// Queue ID of the transaction, once taken (for the policy service).
+    pub queue_id: Option<String>,
+    /// Recipients accepted so far in the transaction.
+    pub recipient_count: usize,
+    /// SIZE= of MAIL FROM, or the message size at end of data.
+    pub size: u64,
 }
 
 impl SessionInfo {
@@ -35,6 +45,8 @@ impl SessionInfo {
             protocol: "SMTP".to_string(),
             sender: None,
             service: service.to_string(),
+            reverse_name: client_name.to_string(),
+            ..Default::default()
         }
     }
 
@@ -103,6 +115,9 @@ pub struct Session<S> {
     pub(super) declared_size: Option<u64>,
     /// How the current command line ended (DATA needs it to find `<CR><LF>.<CR><LF>`).
     pub(super) cmd_ending: Ending,
+    /// smtpd_client_restrictions refused the client at connect (smtpd_delay_reject = no):
+    /// every command but QUIT, RSET and NOOP is refused.
+    pub(super) access_denied: Option<Reply>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -130,6 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             last_code: 0,
             declared_size: None,
             cmd_ending: Ending::CrLf,
+            access_denied: None,
         }
     }
 
@@ -141,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn run_inner(mut self) {
+        self.lookup_client().await;
         let namaddr = self.info.namaddr();
         info!("connect from {namaddr}");
         if self.settings.tls_wrapper {
@@ -151,8 +168,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         }
-        let banner = self.settings.banner.clone();
-        self.push_reply(&Reply::new(220, banner));
+        match self.check_connect().await {
+            Some(refusal) => self.push_reply(&refusal),
+            None => {
+                let banner = self.settings.banner.clone();
+                self.push_reply(&Reply::new(220, banner));
+            }
+        }
         let res = self.command_loop().await;
         match res {
             Ok(()) => {}
@@ -293,6 +315,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.last_code = 0;
+        if let Some(r) = self.denied(counter) {
+            self.reply(r).await;
+            self.count(counter, false);
+            return Ok(Flow::Continue);
+        }
         let flow = match counter {
             "helo" => self.cmd_helo(args).await,
             "ehlo" => self.cmd_ehlo(args).await,
@@ -368,9 +395,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Queues a reply: counts errors, slows down clients past the soft error limit.
-    pub(super) async fn reply(&mut self, r: Reply) {
+    pub(super) async fn reply(&mut self, mut r: Reply) {
         if r.is_error() {
             self.error_count += 1;
+            super::reply::add_footer(&mut r, self.settings.footer(&self.info));
         }
         if self.error_count >= self.settings.soft_error_limit
             && !self.settings.error_sleep_time.is_zero()
@@ -536,6 +564,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.state = State::Idle;
         }
         self.info.sender = None;
+        self.info.queue_id = None;
+        self.info.recipient_count = 0;
+        self.info.size = 0;
         self.declared_size = None;
     }
 

@@ -320,3 +320,65 @@ impl Instance {
             .unwrap_or_default()
     }
 }
+
+/// An authoritative DNS server (hickory-server) for one zone on 127.0.0.1, UDP and TCP, run
+/// on its own tokio runtime; stops when dropped.
+pub struct DnsZone {
+    pub port: u16,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl DnsZone {
+    pub fn start(origin: &str, zone: &str) -> DnsZone {
+        Self::start_zones(&[(origin, zone)])
+    }
+
+    /// Several zones (e.g. a domain and an in-addr.arpa zone) on one server.
+    pub fn start_zones(zones: &[(&str, &str)]) -> DnsZone {
+        use hickory_server::proto::rr::{LowerName, Name};
+        use hickory_server::proto::serialize::txt::Parser;
+        use hickory_server::store::in_memory::InMemoryZoneHandler;
+        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+        use hickory_server::Server;
+        use std::str::FromStr;
+        use std::sync::Arc;
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let parsed: Vec<_> = zones
+            .iter()
+            .map(|(origin, zone)| {
+                let origin = Name::from_str(origin).unwrap();
+                Parser::new(*zone, None, Some(origin)).parse().unwrap()
+            })
+            .collect();
+        let port =
+            rt.block_on(async move {
+                let mut catalog = Catalog::new();
+                for (origin, records) in parsed {
+                    let zone = InMemoryZoneHandler::<
+                        hickory_server::net::runtime::TokioRuntimeProvider,
+                    >::new(
+                        origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny
+                    )
+                    .unwrap();
+                    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+                }
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let port = udp.local_addr().unwrap().port();
+                let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let mut server = Server::new(catalog);
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 4096);
+                // The server runs on the runtime's tasks; keep it alive as long as the runtime.
+                std::mem::forget(server);
+                port
+            });
+        DnsZone { port, _rt: rt }
+    }
+}
