@@ -208,7 +208,7 @@ pub static PARAMS: &[Param] = &[
     p!("tls_random_source", "dev:/dev/urandom", Str, "entropy source (rustls uses the operating system's)", No),
     // --- smtp / lmtp client (src/smtp, src/dns.rs) -----------------------------------------
     p!("fallback_relay", "", List, "obsolete name of smtp_fallback_relay", No),
-    p!("relais_dns_servers", "", List, "relais-specific: DNS servers as ip[:port] or [ipv6]:port for the delivery agents (empty: /etc/resolv.conf)", Yes),
+    p!("relais_dns_servers", "", List, "relais-specific: DNS servers as ip[:port] or [ipv6]:port for the delivery agents and smtpd's DNS restrictions (empty: /etc/resolv.conf)", Yes),
     p!("smtp_connect_timeout", "30s", Time('s'), 0, MAXI, "time limit for a TCP connection to complete", Yes),
     p!("smtp_connection_cache_time_limit", "2s", Time('s'), 0, MAXI, "how long an idle client session stays open for reuse", Yes),
     p!("smtp_connection_reuse_count_limit", "100", Int, 0, MAXI, "transactions one cached session may carry (0: no limit)", Yes),

@@ -28,7 +28,12 @@
 //!     is on disk.
 //!
 //! MESSAGES
-//!     `connect from host[addr]`, `ID: client=host[addr]`, `NOQUEUE: reject: RCPT from …`,
+//!     `connect from host[addr]`, `ID: client=host[addr]`, `NOQUEUE: reject: RCPT from …`
+//!     (also CONNECT, EHLO, MAIL, DATA, ETRN; `ID: reject: END-OF-MESSAGE from …`), and for the
+//!     access policy's actions `ID: hold|discard|redirect|filter|bcc|warn|reject_warning: RCPT
+//!     from host[addr]: text; from=<…> to=<…> proto=… helo=<…>`,
+//!     `warning: problem talking to server inet:…`, `warning: hostname X does not resolve to
+//!     address A`,
 //!     `lost connection after CMD from …`, `timeout after CMD from …`,
 //!     `warning: non-SMTP command from …`, `disconnect from host[addr] ehlo=1 … commands=N`.
 //!
@@ -39,7 +44,24 @@
 //!     smtpd_timeout. Errors are counted and the session ended at smtpd_hard_error_limit.
 //!     HTTP requests and header lines sent as commands end the session at once.
 //!
+//!     The access policy ([`policy`]) runs at each check point ([`CheckPoint`]); it may use DNS
+//!     (the client's PTR name with forward confirmation at connect, bounded to 5s and skipped
+//!     for loopback clients; DNSBLs) and policy servers ([`policy_client`]).
+//!
 //! CONFIGURATION PARAMETERS
+//!     access_map_defer_code (450), access_map_reject_code (554), default_rbl_reply,
+//!     defer_code (450), invalid_hostname_reject_code (501), maps_rbl_reject_code (554),
+//!     non_fqdn_reject_code (504), rbl_reply_maps, reject_code (554),
+//!     reject_tempfail_action (defer_if_permit), relay_domains_reject_code (554),
+//!     smtpd_client_restrictions, smtpd_data_restrictions, smtpd_delay_reject (yes),
+//!     smtpd_end_of_data_restrictions, smtpd_etrn_restrictions, smtpd_helo_restrictions,
+//!     smtpd_policy_service_{default_action,max_idle,max_ttl,policy_context,request_limit,
+//!     retry_delay,timeout,try_limit}, smtpd_recipient_restrictions, smtpd_reject_footer,
+//!     smtpd_reject_unlisted_recipient (yes), smtpd_relay_restrictions,
+//!     smtpd_restriction_classes, smtpd_sender_restrictions, unknown_address_reject_code (450),
+//!     unknown_address_tempfail_action, unknown_client_reject_code (450),
+//!     unknown_helo_hostname_tempfail_action, unknown_hostname_reject_code (450),
+//!     unknown_virtual_mailbox_reject_code (550), relais_dns_servers
 //!     disable_vrfy_command (no)
 //!     fast_flush_domains ($relay_domains)
 //!     line_length_limit (2048)
