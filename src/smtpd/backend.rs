@@ -53,7 +53,13 @@ impl Backend for QueueBackend {
             helo: s.helo.as_deref(),
             sender: s.sender.as_deref(),
             rcpt,
-            sasl: false,
+            // Postfix's permit_sasl_auth: any method but ANONYMOUS.
+            sasl: s.sasl_user.is_some()
+                && !s
+                    .sasl_method
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case("ANONYMOUS")),
+            sasl_user: s.sasl_user.as_deref(),
         };
         match policy.check(&ctx) {
             Verdict::Permit => Ok(()),

@@ -61,6 +61,7 @@
 //!     smtputf8_enable (yes)
 //!     syslog_name (postfix)
 
+mod auth;
 pub mod backend;
 mod bdat;
 mod conn;
@@ -68,6 +69,7 @@ mod data;
 mod ehlo;
 mod etrn;
 mod help;
+mod login;
 mod mail;
 mod noop;
 pub mod policy;

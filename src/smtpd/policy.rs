@@ -8,7 +8,8 @@
 //! permit_sasl_authenticated, reject_unauth_destination, defer_unauth_destination,
 //! reject_non_fqdn_{recipient,sender,helo_hostname}, reject_invalid_helo_hostname,
 //! reject_unlisted_recipient, check_{client,reverse_client_hostname,helo,sender,recipient}_access
-//! with access(5) results, and smtpd_restriction_classes. Other restrictions are named in a
+//! with access(5) results, the reject_*_sender_login_mismatch family (in `login.rs`), and
+//! smtpd_restriction_classes. Other restrictions are named in a
 //! warning when the service starts and skipped. After the lists,
 //! smtpd_reject_unlisted_recipient refuses unknown users of local and virtual domains.
 
@@ -43,6 +44,8 @@ pub struct Ctx<'a> {
     pub sender: Option<&'a str>,
     pub rcpt: &'a str,
     pub sasl: bool,
+    /// The SASL login name, for the sender login checks.
+    pub sasl_user: Option<&'a str>,
 }
 
 /// mynetworks as a list of networks (CIDR, bare addresses, `[v6]/n`).
@@ -120,6 +123,10 @@ const BUILTIN: &[&str] = &[
     "check_helo_access",
     "check_sender_access",
     "check_recipient_access",
+    "reject_sender_login_mismatch",
+    "reject_authenticated_sender_login_mismatch",
+    "reject_known_sender_login_mismatch",
+    "reject_unauthenticated_sender_login_mismatch",
 ];
 
 /// Which restriction list is being evaluated: what a refusal names.
@@ -154,6 +161,7 @@ pub struct Policy {
     non_fqdn_code: u16,
     invalid_hostname_code: u16,
     unlisted_code: u16,
+    login: super::login::LoginMaps,
 }
 
 impl std::fmt::Debug for Policy {
@@ -276,6 +284,8 @@ impl Policy {
             non_fqdn_code: code("non_fqdn_reject_code", 504),
             invalid_hostname_code: code("invalid_hostname_reject_code", 501),
             unlisted_code: code("unknown_virtual_mailbox_reject_code", 550),
+            login: super::login::LoginMaps::from_config(cfg)
+                .map_err(|e| PolicyError::Config(e.to_string()))?,
         };
         Ok((policy, warnings))
     }
@@ -374,6 +384,12 @@ impl Policy {
                 Decision::Permit
             }
             "permit_sasl_authenticated" if ctx.sasl => Decision::Permit,
+            r if super::login::RESTRICTIONS.contains(&r) => {
+                match self.login.check(r, ctx.sender, ctx.sasl_user) {
+                    Some(t) => Decision::Reject(t),
+                    None => Decision::Dunno,
+                }
+            }
             "reject_unauth_destination" | "defer_unauth_destination" => match self.unauth(ctx.rcpt)
             {
                 Ok(true) => {
@@ -753,6 +769,7 @@ mod tests {
             sender: Some(sender),
             rcpt,
             sasl: false,
+            sasl_user: None,
         }
     }
 
