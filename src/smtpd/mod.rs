@@ -18,6 +18,13 @@
 //!     line and is stored as CRLF, with `yes` the session is ended with `521 5.5.2`. Every stored
 //!     line ends in CRLF, so nothing that a later hop could read as end-of-data passes raw.
 //!
+//!     AUTH (RFC 4954, `auth.rs`) is offered when smtpd_sasl_auth_enable = yes for the service,
+//!     not before STARTTLS with smtpd_tls_auth_only (or TLS enforcement), with the mechanisms
+//!     of the SASL server ([`crate::sasl`]: Dovecot or relais's passwd-file) that pass
+//!     smtpd_sasl_security_options / smtpd_sasl_tls_security_options. An authenticated session
+//!     passes permit_sasl_authenticated, is checked by smtpd_sender_login_maps (`login.rs`),
+//!     and its messages get `with ESMTPA`/`ESMTPSA` in Received:.
+//!
 //!     The [`Smtpd`] actor owns a listening socket, runs one tokio task per session and enforces
 //!     the per-client connection count limit. The rest of the mail system is reached through the
 //!     small [`Backend`] trait: a queue ID, a recipient check, and "enqueue this message".
@@ -30,7 +37,11 @@
 //! MESSAGES
 //!     `connect from host[addr]`, `ID: client=host[addr]`, `NOQUEUE: reject: RCPT from …`,
 //!     `lost connection after CMD from …`, `timeout after CMD from …`,
-//!     `warning: non-SMTP command from …`, `disconnect from host[addr] ehlo=1 … commands=N`.
+//!     `warning: non-SMTP command from …`,
+//!     `ID: client=host[addr], sasl_method=PLAIN, sasl_username=user`,
+//!     `warning: host[addr]: SASL PLAIN authentication failed: reason, sasl_username=user`
+//!     (fail2ban's postfix-sasl filter reads it), `warning: host[addr]: SASL LOGIN
+//!     authentication aborted`, `disconnect from host[addr] ehlo=1 … commands=N`.
 //!
 //! SECURITY
 //!     smtpd talks to untrusted clients. Memory is bounded whatever they send: command lines by
@@ -40,6 +51,7 @@
 //!     HTTP requests and header lines sent as commands end the session at once.
 //!
 //! CONFIGURATION PARAMETERS
+//!     broken_sasl_auth_clients (no)
 //!     disable_vrfy_command (no)
 //!     fast_flush_domains ($relay_domains)
 //!     line_length_limit (2048)
@@ -56,8 +68,14 @@
 //!     smtpd_helo_required (no)
 //!     smtpd_junk_command_limit (100)
 //!     smtpd_recipient_limit (1000)
+//!     smtpd_sasl_auth_enable (no)
+//!     smtpd_sasl_response_limit (12288)
+//!     smtpd_sasl_security_options, smtpd_sasl_tls_security_options, smtpd_sasl_type,
+//!     smtpd_sasl_path, smtpd_sasl_local_domain, smtpd_sasl_service (see crate::sasl)
+//!     smtpd_sender_login_maps (empty)
 //!     smtpd_soft_error_limit (10)
 //!     smtpd_timeout (300s)
+//!     smtpd_tls_auth_only (no)
 //!     smtputf8_enable (yes)
 //!     syslog_name (postfix)
 

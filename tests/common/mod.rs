@@ -57,6 +57,7 @@ impl Instance {
             conf.join("virtual_mailbox"),
         )
         .unwrap();
+        std::fs::copy(root.join("conf/sasl_passwd"), conf.join("sasl_passwd")).unwrap();
         let (smtp_port, submission_port, smtps_port) = (free_port(), free_port(), free_port());
         let master = std::fs::read_to_string(root.join("conf/master.cf")).unwrap();
         let master = master
