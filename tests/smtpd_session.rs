@@ -330,7 +330,7 @@ async fn mail_params_ret_envid_smtputf8_auth() {
         vec![
             ehlo(),
             cmd(
-                "MAIL FROM:<a@example.com> RET=HDRS ENVID=abc123 SMTPUTF8 AUTH=<> BODY=8BITMIME",
+                "MAIL FROM:<a@example.com> RET=HDRS ENVID=abc123 SMTPUTF8 BODY=8BITMIME",
                 "250 2.1.0 Ok",
             ),
             cmd("RCPT TO:<b@example.net>", "250 2.1.5 Ok"),

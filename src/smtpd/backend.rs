@@ -46,7 +46,13 @@ pub fn ctx<'a>(s: &'a SessionInfo, rcpt: &'a str, etrn: &'a str) -> Ctx<'a> {
         helo: s.helo.as_deref(),
         sender: s.sender.as_deref(),
         rcpt,
-        sasl: false,
+        // Postfix's permit_sasl_authenticated: any method but ANONYMOUS.
+        sasl: s.sasl_user.is_some()
+            && !s
+                .sasl_method
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case("ANONYMOUS")),
+        sasl_user: s.sasl_user.as_deref(),
         protocol: &s.protocol,
         queue_id: s.queue_id.as_deref().unwrap_or(""),
         recipient_count: s.recipient_count,

@@ -31,6 +31,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.helo_refused().await {
             return Flow::Continue;
         }
+        let auth = self.auth_ehlo_lines().await;
         let s = &self.settings;
         let mut lines = vec![s.myhostname.clone(), "PIPELINING".to_string()];
         if s.message_size_limit > 0 {
@@ -45,6 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if s.tls.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".to_string());
         }
+        lines.extend(auth);
         lines.push("ENHANCEDSTATUSCODES".to_string());
         lines.push("8BITMIME".to_string());
         lines.push("DSN".to_string());

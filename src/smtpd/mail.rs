@@ -87,6 +87,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             return self.unsupported("extension not offered").await;
         }
+        // AUTH= (RFC 4954 section 5): kept for the log only, as Postfix; refused when this
+        // service has no AUTH.
+        if let Some(a) = &from.auth {
+            if self.sasl_active().is_none() {
+                self.reply(Reply::new(503, "5.5.4 Error: authentication disabled"))
+                    .await;
+                return Flow::Continue;
+            }
+            if a != "<>" {
+                self.info.sasl_sender = Some(crate::sasl::printable(a));
+            }
+        }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if smtputf8 && !self.settings.smtputf8 {
             return self.unsupported("SMTPUTF8").await;

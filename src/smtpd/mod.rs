@@ -18,6 +18,13 @@
 //!     line and is stored as CRLF, with `yes` the session is ended with `521 5.5.2`. Every stored
 //!     line ends in CRLF, so nothing that a later hop could read as end-of-data passes raw.
 //!
+//!     AUTH (RFC 4954, `auth.rs`) is offered when smtpd_sasl_auth_enable = yes for the service,
+//!     not before STARTTLS with smtpd_tls_auth_only (or TLS enforcement), with the mechanisms
+//!     of the SASL server ([`crate::sasl`]: Dovecot or relais's passwd-file) that pass
+//!     smtpd_sasl_security_options / smtpd_sasl_tls_security_options. An authenticated session
+//!     passes permit_sasl_authenticated, is checked by smtpd_sender_login_maps (`login.rs`),
+//!     and its messages get `with ESMTPA`/`ESMTPSA` in Received:.
+//!
 //!     The [`Smtpd`] actor owns a listening socket, runs one tokio task per session and enforces
 //!     the per-client connection count limit. The rest of the mail system is reached through the
 //!     small [`Backend`] trait: a queue ID, a recipient check, and "enqueue this message".
@@ -35,7 +42,11 @@
 //!     `warning: problem talking to server inet:…`, `warning: hostname X does not resolve to
 //!     address A`,
 //!     `lost connection after CMD from …`, `timeout after CMD from …`,
-//!     `warning: non-SMTP command from …`, `disconnect from host[addr] ehlo=1 … commands=N`.
+//!     `warning: non-SMTP command from …`,
+//!     `ID: client=host[addr], sasl_method=PLAIN, sasl_username=user`,
+//!     `warning: host[addr]: SASL PLAIN authentication failed: reason, sasl_username=user`
+//!     (fail2ban's postfix-sasl filter reads it), `warning: host[addr]: SASL LOGIN
+//!     authentication aborted`, `disconnect from host[addr] ehlo=1 … commands=N`.
 //!
 //! SECURITY
 //!     smtpd talks to untrusted clients. Memory is bounded whatever they send: command lines by
@@ -49,6 +60,7 @@
 //!     for loopback clients; DNSBLs) and policy servers ([`policy_client`]).
 //!
 //! CONFIGURATION PARAMETERS
+//!     broken_sasl_auth_clients (no)
 //!     access_map_defer_code (450), access_map_reject_code (554), default_rbl_reply,
 //!     defer_code (450), invalid_hostname_reject_code (501), maps_rbl_reject_code (554),
 //!     non_fqdn_reject_code (504), rbl_reply_maps, reject_code (554),
@@ -78,11 +90,18 @@
 //!     smtpd_helo_required (no)
 //!     smtpd_junk_command_limit (100)
 //!     smtpd_recipient_limit (1000)
+//!     smtpd_sasl_auth_enable (no)
+//!     smtpd_sasl_response_limit (12288)
+//!     smtpd_sasl_security_options, smtpd_sasl_tls_security_options, smtpd_sasl_type,
+//!     smtpd_sasl_path, smtpd_sasl_local_domain, smtpd_sasl_service (see crate::sasl)
+//!     smtpd_sender_login_maps (empty)
 //!     smtpd_soft_error_limit (10)
 //!     smtpd_timeout (300s)
+//!     smtpd_tls_auth_only (no)
 //!     smtputf8_enable (yes)
 //!     syslog_name (postfix)
 
+mod auth;
 pub mod backend;
 mod bdat;
 mod checks;
@@ -91,6 +110,7 @@ mod data;
 mod ehlo;
 mod etrn;
 mod help;
+mod login;
 mod mail;
 mod noop;
 pub mod policy;

@@ -14,7 +14,8 @@
 //! reject_invalid_helo_hostname, reject_unknown_{helo_hostname,sender_domain,recipient_domain,
 //! client_hostname,reverse_client_hostname}, reject_unlisted_recipient, reject_rbl_client,
 //! reject_rhsbl_{client,reverse_client,sender,helo,recipient}, permit_dnswl_client,
-//! permit_rhswl_client, check_{client,reverse_client_hostname,helo,sender,recipient}_access,
+//! permit_rhswl_client, the reject_*_sender_login_mismatch family (in `login.rs`),
+//! check_{client,reverse_client_hostname,helo,sender,recipient}_access,
 //! check_{client,helo,sender,recipient}_{mx,ns}_access, check_policy_service, and
 //! smtpd_restriction_classes. access(5) results: OK/RELAY, REJECT, DEFER, NNN text, DUNNO,
 //! DEFER_IF_PERMIT, DEFER_IF_REJECT, DISCARD, HOLD, REDIRECT, FILTER, PREPEND, BCC, WARN, INFO,
@@ -71,6 +72,8 @@ pub struct Ctx<'a> {
     pub size: u64,
     /// The ETRN argument.
     pub etrn_domain: &'a str,
+    /// The SASL login name, for the sender login checks.
+    pub sasl_user: Option<&'a str>,
 }
 
 /// mynetworks as a list of networks (CIDR, bare addresses, `[v6]/n`).
@@ -183,6 +186,10 @@ const BUILTIN: &[&str] = &[
     "check_recipient_mx_access",
     "check_recipient_ns_access",
     "check_policy_service",
+    "reject_sender_login_mismatch",
+    "reject_authenticated_sender_login_mismatch",
+    "reject_known_sender_login_mismatch",
+    "reject_unauthenticated_sender_login_mismatch",
 ];
 
 /// Which restriction list is being evaluated: what a refusal names.
@@ -354,6 +361,7 @@ pub struct Policy {
     unknown_helo_tempfail: Tempfail,
     rbl_reply_maps: Option<Maps>,
     default_rbl_reply: String,
+    login: super::login::LoginMaps,
 }
 
 impl std::fmt::Debug for Policy {
@@ -570,6 +578,8 @@ impl Policy {
             unknown_helo_tempfail: tempfail(cfg, "unknown_helo_hostname_tempfail_action"),
             rbl_reply_maps,
             default_rbl_reply,
+            login: super::login::LoginMaps::from_config(cfg)
+                .map_err(|e| PolicyError::Config(e.to_string()))?,
         };
         Ok((policy, warnings))
     }
@@ -808,6 +818,12 @@ impl Policy {
                     Decision::Permit
                 }
                 "permit_sasl_authenticated" if ctx.sasl => Decision::Permit,
+                r if super::login::RESTRICTIONS.contains(&r) => {
+                    match self.login.check(r, ctx.sender, ctx.sasl_user) {
+                        Some(t) => Decision::Reject(t),
+                        None => Decision::Dunno,
+                    }
+                }
                 "reject_unauth_destination" | "defer_unauth_destination" => {
                     if ctx.rcpt.is_empty() {
                         return Decision::Dunno;

@@ -123,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if tx.queue_id.is_none() {
             let id = self.backend.new_queue_id();
-            info!("{id}: client={namaddr}");
+            info!("{id}: client={namaddr}{}", self.sasl_log());
             tx.queue_id = Some(id);
         }
         self.info.queue_id = tx.queue_id.clone();

@@ -33,6 +33,11 @@ pub struct SessionInfo {
     pub recipient_count: usize,
     /// SIZE= of MAIL FROM, or the message size at end of data.
     pub size: u64,
+    /// SASL mechanism and user after a successful AUTH.
+    pub sasl_method: Option<String>,
+    pub sasl_user: Option<String>,
+    /// AUTH= of the transaction in progress (xtext as received), for the log.
+    pub sasl_sender: Option<String>,
 }
 
 impl SessionInfo {
@@ -324,11 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "helo" => self.cmd_helo(args).await,
             "ehlo" => self.cmd_ehlo(args).await,
             "starttls" => self.cmd_starttls(args).await?,
-            "auth" => {
-                self.reply(Reply::new(503, "5.5.1 Error: authentication not enabled"))
-                    .await;
-                Flow::Continue
-            }
+            "auth" => self.cmd_auth(args).await?,
             "mail" => self.cmd_mail(line).await,
             "rcpt" => self.cmd_rcpt(line).await,
             "data" | "bdat" => {
@@ -567,6 +568,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.info.queue_id = None;
         self.info.recipient_count = 0;
         self.info.size = 0;
+        self.info.sasl_sender = None;
         self.declared_size = None;
     }
 
@@ -577,8 +579,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client_addr: self.info.client_addr.clone(),
             client_port: self.info.client_port,
             helo: self.info.helo.clone(),
-            protocol: self.info.protocol.clone(),
-            sasl_user: None,
+            // RFC 3848: ESMTPA / ESMTPSA once authenticated (ESMTP only, as Postfix).
+            protocol: match &self.info.sasl_user {
+                Some(_) if self.info.protocol.starts_with("ESMTP") => {
+                    format!("{}A", self.info.protocol)
+                }
+                _ => self.info.protocol.clone(),
+            },
+            sasl_user: self.info.sasl_user.clone(),
             uid: None,
             service: self.info.service.clone(),
             tls: self.tls.clone(),
@@ -647,6 +655,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reset_transaction();
         self.info.helo = None;
         self.info.protocol = "SMTP".into();
+        // RFC 3207: everything learnt before the handshake is forgotten, a login included.
+        self.info.sasl_method = None;
+        self.info.sasl_user = None;
         Ok(Flow::Continue)
     }
 }

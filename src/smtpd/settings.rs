@@ -54,6 +54,14 @@ pub struct Settings {
     /// ($client_address, $client_name, $client_port, $localtime, $service…) are left for
     /// [`Settings::footer`].
     pub reject_footer: String,
+    /// The SASL server when smtpd_sasl_auth_enable = yes and its settings are usable.
+    pub sasl: Option<std::sync::Arc<crate::sasl::Authenticator>>,
+    /// smtpd_tls_auth_only (implied by smtpd_tls_security_level = encrypt).
+    pub tls_auth_only: bool,
+    /// broken_sasl_auth_clients: also advertise `AUTH=mechs`.
+    pub broken_sasl_auth_clients: bool,
+    /// smtpd_sasl_response_limit: longest AUTH response line.
+    pub sasl_response_limit: usize,
 }
 
 /// The macros smtpd_reject_footer may use that belong to the session, not to main.cf.
@@ -112,9 +120,34 @@ impl Settings {
                 None
             }
         };
+        let sasl = if cfg.get_bool("smtpd_sasl_auth_enable") {
+            match crate::sasl::Authenticator::from_config(cfg) {
+                Ok((a, warnings)) => {
+                    for w in warnings {
+                        tracing::warn!("service {service}: {w}");
+                    }
+                    Some(std::sync::Arc::new(a))
+                }
+                Err(e) => {
+                    // Postfix's smtpd would not start; AUTH is simply not offered here, which
+                    // refuses nobody's mail that could otherwise come in.
+                    tracing::warn!("service {service}: SASL is not available: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let tls_level = crate::tlsmgr::Level::from_config(cfg);
         Settings {
+            sasl,
+            tls_auth_only: cfg.get_bool("smtpd_tls_auth_only")
+                || tls_level == crate::tlsmgr::Level::Encrypt,
+            broken_sasl_auth_clients: cfg.get_bool("broken_sasl_auth_clients"),
+            sasl_response_limit: cfg.get_size("smtpd_sasl_response_limit").clamp(64, 1 << 24)
+                as usize,
             tls,
-            tls_level: crate::tlsmgr::Level::from_config(cfg),
+            tls_level,
             tls_wrapper: cfg.get_bool("smtpd_tls_wrappermode"),
             tls_loglevel: cfg.get_int("smtpd_tls_loglevel"),
             reject_footer: {

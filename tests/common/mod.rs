@@ -57,6 +57,7 @@ impl Instance {
             conf.join("virtual_mailbox"),
         )
         .unwrap();
+        std::fs::copy(root.join("conf/sasl_passwd"), conf.join("sasl_passwd")).unwrap();
         let (smtp_port, submission_port, smtps_port) = (free_port(), free_port(), free_port());
         let master = std::fs::read_to_string(root.join("conf/master.cf")).unwrap();
         let master = master
@@ -381,4 +382,123 @@ impl DnsZone {
             });
         DnsZone { port, _rt: rt }
     }
+}
+
+/// A Dovecot that only authenticates: its auth-client socket at `<dir>/auth` (and on
+/// 127.0.0.1:`inet_port`), users from a passwd-file of `user:{SCHEME}hash` lines. Stopped
+/// (SIGTERM, then reaped) when dropped.
+pub struct DovecotAuth {
+    child: std::process::Child,
+    pub dir: PathBuf,
+    pub inet_port: u16,
+}
+
+impl DovecotAuth {
+    pub const BIN: &'static str = "/usr/sbin/dovecot";
+
+    /// `users`: (name, `{SCHEME}hash`) pairs. Needs root (Dovecot's master starts as root).
+    pub fn start(dir: &Path, users: &[(&str, &str)]) -> DovecotAuth {
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let passwd: String = users.iter().map(|(u, h)| format!("{u}:{h}\n")).collect();
+        std::fs::write(dir.join("users"), passwd).unwrap();
+        let inet_port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "base_dir = {d}/run
+state_dir = {d}/state
+instance_name = relais-sasl-{pid}-{inet_port}
+log_path = {d}/dovecot.log
+protocols =
+ssl = no
+listen = 127.0.0.1
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_mechanisms = plain login
+disable_plaintext_auth = no
+auth_username_format = %Lu
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home=/nonexistent
+}}
+service auth {{
+  unix_listener {d}/auth {{
+    mode = 0666
+  }}
+  inet_listener {{
+    address = 127.0.0.1
+    port = {inet_port}
+  }}
+}}
+",
+            pid = std::process::id()
+        );
+        std::fs::write(dir.join("dovecot.conf"), conf).unwrap();
+        let child = Command::new(Self::BIN)
+            .arg("-F")
+            .arg("-c")
+            .arg(dir.join("dovecot.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dovecot runs (tools/install-test-deps installs dovecot-core)");
+        let mut d = DovecotAuth {
+            child,
+            dir: dir.to_path_buf(),
+            inet_port,
+        };
+        let sock = dir.join("auth");
+        let up = wait_until(Duration::from_secs(15), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                && TcpStream::connect(("127.0.0.1", inet_port)).is_ok()
+        });
+        if !up {
+            let log = d.log();
+            let _ = d.child.kill();
+            panic!("dovecot auth did not listen: {log}");
+        }
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("auth")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DovecotAuth {
+    fn drop(&mut self) {
+        // SIGTERM lets the dovecot master stop its children; then reap it (bounded).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `doveadm pw -s SCHEME -p PASSWORD`: the `{SCHEME}hash` line Dovecot's tool makes.
+pub fn doveadm_pw(scheme: &str, password: &str) -> String {
+    let out = run_bounded(
+        Command::new("doveadm").args(["pw", "-s", scheme, "-p", password]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "doveadm pw failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
