@@ -386,6 +386,11 @@ pub struct DnsZone {
 
 impl DnsZone {
     pub fn start(origin: &str, zone: &str) -> DnsZone {
+        Self::start_zones(&[(origin, zone)])
+    }
+
+    /// One server answering for several zones, each `(origin, zone file text)`.
+    pub fn start_zones(zones: &[(&str, &str)]) -> DnsZone {
         use hickory_server::proto::rr::{LowerName, Name};
         use hickory_server::proto::serialize::txt::Parser;
         use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -398,19 +403,24 @@ impl DnsZone {
             .enable_all()
             .build()
             .unwrap();
-        let origin = Name::from_str(origin).unwrap();
-        let (origin, records) = Parser::new(zone, None, Some(origin)).parse().unwrap();
+        let parsed: Vec<_> = zones
+            .iter()
+            .map(|(origin, zone)| {
+                let origin = Name::from_str(origin).unwrap();
+                Parser::new(*zone, None, Some(origin)).parse().unwrap()
+            })
+            .collect();
         let port = rt.block_on(async move {
-            let zone =
-                InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::new(
-                    origin.clone(),
-                    records,
-                    ZoneType::Primary,
-                    AxfrPolicy::Deny,
+            let mut catalog = Catalog::new();
+            for (origin, records) in parsed {
+                let zone = InMemoryZoneHandler::<
+                    hickory_server::net::runtime::TokioRuntimeProvider,
+                >::new(
+                    origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny
                 )
                 .unwrap();
-            let mut catalog = Catalog::new();
-            catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+                catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+            }
             let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let port = udp.local_addr().unwrap().port();
             let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
