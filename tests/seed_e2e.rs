@@ -125,6 +125,24 @@ fn flow1_inbound_starttls_lmtp_to_dovecot_read_back_over_imap() {
         "{}",
         s.dovecot.log()
     );
+    // The auth socket where smtpd_sasl_path = private/auth points answers for the seed's user
+    // (what flows 5 and 6 need from Dovecot).
+    let auth = s.relais.queue().join("private/auth");
+    let out = run_bounded(
+        Command::new("doveadm")
+            .arg("-c")
+            .arg(s.dovecot.dir.join("dovecot.conf"))
+            .args(["auth", "test", "-a"])
+            .arg(&auth)
+            .args(["test@exemple.fr", PASSWORD]),
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("auth succeeded"),
+        "doveadm auth test: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -628,4 +646,59 @@ fn flow8_gtube_goes_through_and_is_logged() {
         log.lines().any(|l| l.contains(&format!("{id}: to=<test@exemple.fr>")) && l.contains("status=sent")),
         "{log}"
     );
+}
+
+/// The outside world itself: its MX takes STARTTLS mail for toto@tutu.org with a certificate
+/// the test CA vouches for, and the DNS zone gives tutu.org seed 003's MX layout (what flows 5,
+/// 6 and 7 deliver through once relais's client speaks TLS).
+#[test]
+fn outside_world_mx_takes_tls_mail_for_the_outside_domain() {
+    let mut s = seed_or_skip!(true);
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+s = smtplib.SMTP({ip:?}, 25, timeout=30)
+s.starttls(context=ctx)
+print("refused:", s.sendmail("test@exemple.fr", ["toto@tutu.org"], "Subject: outside\r\n\r\nsortant\r\n"))
+s.quit()
+"#,
+        ca = s.ca_file.display().to_string(),
+        ip = s.outside_ip,
+    );
+    let (ok, out, err) = python(&script);
+    assert!(ok, "{err}\n{out}");
+    assert!(
+        wait_until(Duration::from_secs(20), || s.outside_mail().len() == 1),
+        "{}",
+        s.outside.as_ref().unwrap().log()
+    );
+    // relais's own resolver, configured by the seed's rewritten main.cf (relais_dns_servers).
+    let cfg = relais::config::Config::load(&s.conf()).unwrap();
+    let dns = relais::dns::Dns::from_config(&cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mx, addrs) = rt.block_on(async {
+        (
+            dns.mx("tutu.org").await.unwrap(),
+            dns.addrs("monserveur1.tutu.org").await.unwrap(),
+        )
+    });
+    let relais::dns::Mx::Records(mut recs) = mx else {
+        panic!("tutu.org has no MX records: {mx:?}");
+    };
+    recs.sort_by(|a, b| (a.preference, &a.host).cmp(&(b.preference, &b.host)));
+    let got: Vec<(u16, &str)> = recs.iter().map(|r| (r.preference, r.host.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (10, "monserveur1.tutu.org"),
+            (10, "monserveur2.tutu.org"),
+            (20, "monserveur-fallback.tutu.org")
+        ]
+    );
+    assert_eq!(addrs, vec![s.outside_ip.parse::<std::net::IpAddr>().unwrap()]);
+    s.outside_stop();
 }
