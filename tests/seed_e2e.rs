@@ -45,7 +45,11 @@ s.quit()
         port = s.relais.smtp_port,
     );
     let (ok, out, err) = python(&script);
-    assert!(ok, "SMTP client failed: {err}\n{out}\nrelais log:\n{}", s.relais.log());
+    assert!(
+        ok,
+        "SMTP client failed: {err}\n{out}\nrelais log:\n{}",
+        s.relais.log()
+    );
     out
 }
 
@@ -59,7 +63,10 @@ fn message(subject: &str, extra_headers: &str, body: &str) -> String {
 fn with_subject<'a>(msgs: &'a [String], subject: &str) -> &'a str {
     let needle = format!("Subject: {subject}\r\n");
     msgs.iter()
-        .find(|m| m.replace("\r\n", "\n").contains(&needle.replace("\r\n", "\n")))
+        .find(|m| {
+            m.replace("\r\n", "\n")
+                .contains(&needle.replace("\r\n", "\n"))
+        })
         .unwrap_or_else(|| panic!("no message with subject {subject:?} among {msgs:#?}"))
 }
 
@@ -113,7 +120,8 @@ fn flow1_inbound_starttls_lmtp_to_dovecot_read_back_over_imap() {
     );
     let log = s.relais.log();
     assert!(
-        log.contains("to=<test@exemple.fr>, relay=") && log.contains("status=sent (250 2.0.0 <test@exemple.fr>"),
+        log.contains("to=<test@exemple.fr>, relay=")
+            && log.contains("status=sent (250 2.0.0 <test@exemple.fr>"),
         "{log}"
     );
     assert!(
@@ -165,7 +173,11 @@ s.quit()
 "#,
         ca = s.ca_file.display().to_string(),
         port = s.relais.smtp_port,
-        msg = message("flow2", "To: ycharbi@exemple.fr\r\n", "pour l'alias virtuel")
+        msg = message(
+            "flow2",
+            "To: ycharbi@exemple.fr\r\n",
+            "pour l'alias virtuel"
+        )
     );
     let (ok, out, err) = python(&script);
     assert!(ok, "{err}\n{out}");
@@ -203,12 +215,18 @@ fn flow2_local_alias_is_expanded_through_alias_maps() {
     );
     assert!(out.contains("refused: {}"), "{out}");
     assert!(
-        s.relais
-            .wait_log("to=<test@mail.exemple.fr>, orig_to=<toto@mail.exemple.fr>", Duration::from_secs(30)),
+        s.relais.wait_log(
+            "to=<test@mail.exemple.fr>, orig_to=<toto@mail.exemple.fr>",
+            Duration::from_secs(30)
+        ),
         "{}",
         s.relais.log()
     );
-    assert!(s.relais.log().contains("unknown user: \"test\""), "{}", s.relais.log());
+    assert!(
+        s.relais.log().contains("unknown user: \"test\""),
+        "{}",
+        s.relais.log()
+    );
 }
 
 #[test]
@@ -249,7 +267,9 @@ s.quit()
     assert!(out.contains("RCPT3 (250, b'2.1.5 Ok')"), "{out}");
     let log = s.relais.log();
     assert!(
-        log.contains("reject: RCPT from unknown[::1]: 554 5.7.1 <tata@tata.fr>: Sender address rejected"),
+        log.contains(
+            "reject: RCPT from unknown[::1]: 554 5.7.1 <tata@tata.fr>: Sender address rejected"
+        ),
         "{log}"
     );
 }
@@ -262,8 +282,16 @@ fn flow4_unauthenticated_relay_is_denied_seed_swaks_check() {
     // smtpd_tls_security_level = encrypt first (NOTES.md item 2).
     let plain = run_bounded(
         Command::new("swaks").args([
-            "--server", "::1", "--port", &port, "--to", "toto@tutu.org", "--from",
-            "someone@tutu.org", "--helo", "client.outside.example",
+            "--server",
+            "::1",
+            "--port",
+            &port,
+            "--to",
+            "toto@tutu.org",
+            "--from",
+            "someone@tutu.org",
+            "--helo",
+            "client.outside.example",
         ]),
         Duration::from_secs(60),
     );
@@ -275,8 +303,17 @@ fn flow4_unauthenticated_relay_is_denied_seed_swaks_check() {
     );
     let tls = run_bounded(
         Command::new("swaks").args([
-            "--server", "::1", "--port", &port, "--tls", "--to", "toto@tutu.org",
-            "--from", "someone@tutu.org", "--helo", "client.outside.example",
+            "--server",
+            "::1",
+            "--port",
+            &port,
+            "--tls",
+            "--to",
+            "toto@tutu.org",
+            "--from",
+            "someone@tutu.org",
+            "--helo",
+            "client.outside.example",
         ]),
         Duration::from_secs(60),
     );
@@ -336,7 +373,12 @@ fn check_outbound(s: &Seed, subject: &str) {
         .find(|m| m.contains(&format!("Subject: {subject}")))
         .unwrap();
     let head = header_block(m);
-    for gone in ["with ESMTPSA", "X-Originating-IP:", "X-Mailer:", "User-Agent:"] {
+    for gone in [
+        "with ESMTPSA",
+        "X-Originating-IP:",
+        "X-Mailer:",
+        "User-Agent:",
+    ] {
         assert!(!head.contains(gone), "{gone} should be removed:\n{m}");
     }
     assert!(m.contains("sortant"), "{m}");
@@ -351,7 +393,10 @@ fn check_outbound(s: &Seed, subject: &str) {
         )),
         "{log}"
     );
-    assert!(log.contains("TLS connection established to monserveur"), "{log}");
+    assert!(
+        log.contains("TLS connection established to monserveur"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -458,14 +503,27 @@ fn flow7_queue_management_table_with_the_outside_mx_down() {
     for id in &ids {
         assert!(p.contains(id.as_str()), "{p}");
     }
-    assert!(p.contains("toto@tutu.org") && p.contains("-- ") && p.contains("in 3 Requests."), "{p}");
+    assert!(
+        p.contains("toto@tutu.org") && p.contains("-- ") && p.contains("in 3 Requests."),
+        "{p}"
+    );
 
     // postsuper -h ID / -H ID.
     let err = postsuper(&s, &["-h", &ids[0]]);
-    assert!(err.contains("postsuper: Placed on hold: 1 message"), "{err}");
-    assert!(queue_ids(&s).contains(&(ids[0].clone(), '!')), "{:?}", queue_ids(&s));
+    assert!(
+        err.contains("postsuper: Placed on hold: 1 message"),
+        "{err}"
+    );
+    assert!(
+        queue_ids(&s).contains(&(ids[0].clone(), '!')),
+        "{:?}",
+        queue_ids(&s)
+    );
     let err = postsuper(&s, &["-H", &ids[0]]);
-    assert!(err.contains("postsuper: Released from hold: 1 message"), "{err}");
+    assert!(
+        err.contains("postsuper: Released from hold: 1 message"),
+        "{err}"
+    );
     assert!(
         !queue_ids(&s).iter().any(|(_, mark)| *mark == '!'),
         "{:?}",
@@ -523,7 +581,10 @@ fn flow7_queue_management_table_with_the_outside_mx_down() {
     // Why they waited: the seed's smtp_tls_security_level = encrypt never sends in plaintext,
     // and the MX (preferences 10, 10, 20) did not answer.
     let log = s.relais.log();
-    assert!(log.contains("to=<toto@tutu.org>") && log.contains("status=deferred"), "{log}");
+    assert!(
+        log.contains("to=<toto@tutu.org>") && log.contains("status=deferred"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -534,14 +595,21 @@ fn flow7_postqueue_f_delivers_once_the_outside_mx_is_back() {
     postsuper(&s, &["-d", &ids[0]]);
     s.outside_start();
     let out = s.relais.tool("postqueue", &["-f"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         wait_until(Duration::from_secs(30), || s.outside_mail().len() == 2),
         "{} delivered\n{}",
         s.outside_mail().len(),
         s.relais.log()
     );
-    assert!(delivery::wait_queue_empty(&s.relais, Duration::from_secs(20)));
+    assert!(delivery::wait_queue_empty(
+        &s.relais,
+        Duration::from_secs(20)
+    ));
     s.outside_stop();
 }
 
@@ -560,7 +628,11 @@ fn flow7_postconf_and_postmap_commands_of_the_seed() {
             .arg(&conf),
         Duration::from_secs(30),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     build_db(&conf.join("bdd/postfix.sqlite"));
     let c = conf.to_str().unwrap();
     let run = |tool: &str, args: &[&str]| {
@@ -596,14 +668,23 @@ fn flow7_postconf_and_postmap_commands_of_the_seed() {
     assert_eq!(rc, Some(0));
     assert!(p.contains("smtpd_tls_security_level = encrypt\n"), "{p}");
     assert!(p.contains("message_size_limit = 31457280\n"), "{p}");
-    assert!(p.lines().count() > n.lines().count(), "-p lists defaults too");
+    assert!(
+        p.lines().count() > n.lines().count(),
+        "-p lists defaults too"
+    );
 
     // postmap -q, the seed's two examples: both are misses ("test@exemple" lacks its .fr,
     // jmador.yo is not a domain of the base): no output, exit status 1.
     let users = format!("sqlite:{c}/sqlite-utilisateurs.cf");
     let domains = format!("sqlite:{c}/sqlite-domaines.cf");
-    assert_eq!(run("postmap", &["-q", "test@exemple", &users]), (Some(1), String::new()));
-    assert_eq!(run("postmap", &["-q", "jmador.yo", &domains]), (Some(1), String::new()));
+    assert_eq!(
+        run("postmap", &["-q", "test@exemple", &users]),
+        (Some(1), String::new())
+    );
+    assert_eq!(
+        run("postmap", &["-q", "jmador.yo", &domains]),
+        (Some(1), String::new())
+    );
     // And the hits.
     assert_eq!(
         run("postmap", &["-q", "test@exemple.fr", &users]),
@@ -643,7 +724,9 @@ fn flow8_gtube_goes_through_and_is_logged() {
         .unwrap_or_else(|| panic!("{id_line}"))
         .to_string();
     assert!(
-        log.lines().any(|l| l.contains(&format!("{id}: to=<test@exemple.fr>")) && l.contains("status=sent")),
+        log.lines().any(
+            |l| l.contains(&format!("{id}: to=<test@exemple.fr>")) && l.contains("status=sent")
+        ),
         "{log}"
     );
 }
@@ -690,7 +773,10 @@ s.quit()
         panic!("tutu.org has no MX records: {mx:?}");
     };
     recs.sort_by(|a, b| (a.preference, &a.host).cmp(&(b.preference, &b.host)));
-    let got: Vec<(u16, &str)> = recs.iter().map(|r| (r.preference, r.host.as_str())).collect();
+    let got: Vec<(u16, &str)> = recs
+        .iter()
+        .map(|r| (r.preference, r.host.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -699,6 +785,9 @@ s.quit()
             (20, "monserveur-fallback.tutu.org")
         ]
     );
-    assert_eq!(addrs, vec![s.outside_ip.parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        addrs,
+        vec![s.outside_ip.parse::<std::net::IpAddr>().unwrap()]
+    );
     s.outside_stop();
 }

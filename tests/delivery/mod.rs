@@ -410,29 +410,30 @@ impl DnsZone {
                 Parser::new(*zone, None, Some(origin)).parse().unwrap()
             })
             .collect();
-        let port = rt.block_on(async move {
-            let mut catalog = Catalog::new();
-            for (origin, records) in parsed {
-                let zone = InMemoryZoneHandler::<
-                    hickory_server::net::runtime::TokioRuntimeProvider,
-                >::new(
-                    origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny
-                )
-                .unwrap();
-                catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-            }
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let port = udp.local_addr().unwrap().port();
-            let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let mut server = Server::new(catalog);
-            server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 4096);
-            // The server runs on the runtime's tasks; keep it alive as long as the runtime.
-            std::mem::forget(server);
-            port
-        });
+        let port =
+            rt.block_on(async move {
+                let mut catalog = Catalog::new();
+                for (origin, records) in parsed {
+                    let zone = InMemoryZoneHandler::<
+                        hickory_server::net::runtime::TokioRuntimeProvider,
+                    >::new(
+                        origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny
+                    )
+                    .unwrap();
+                    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+                }
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let port = udp.local_addr().unwrap().port();
+                let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let mut server = Server::new(catalog);
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 4096);
+                // The server runs on the runtime's tasks; keep it alive as long as the runtime.
+                std::mem::forget(server);
+                port
+            });
         DnsZone { port, _rt: rt }
     }
 }

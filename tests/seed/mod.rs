@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use super::common::*;
 use super::delivery::DnsZone;
 
-pub const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/seed-config");
+pub const SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/seed-config"
+);
 pub const DOVECOT: &str = "/usr/sbin/dovecot";
 /// The seed's password for test@exemple.fr (`doveadm pw -s SHA512-CRYPT -p …` in seed 002).
 pub const PASSWORD: &str = "toto1234567890°+";
@@ -156,7 +159,10 @@ pub fn build_db(db: &Path) {
     );
     assert!(out.status.success(), "doveadm pw: {out:?}");
     let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(hash.starts_with("{SHA512-CRYPT}$6$"), "doveadm pw gave {hash}");
+    assert!(
+        hash.starts_with("{SHA512-CRYPT}$6$"),
+        "doveadm pw gave {hash}"
+    );
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     let schema = std::fs::read_to_string(Path::new(SEED).join("postfix.sql")).unwrap();
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -184,13 +190,13 @@ pub fn build_db(db: &Path) {
 
 /// The seed's dovecot-sql.conf.ext, with only its paths moved.
 fn dovecot_sql(db: &Path, mail_base: &Path) -> String {
-    let text = format!(
+    let text = String::from(
         "driver = sqlite
 connect = /etc/postfix/bdd/postfix.sqlite
 
 password_query = SELECT utilisateur AS user, mot_de_passe AS password, '/var/mail/utilisateurs/%d/%n' AS userdb_home, 'maildir:/var/mail/utilisateurs/%d/%n' AS userdb_mail, 3000 AS userdb_uid, 3000 AS userdb_gid FROM postfix_utilisateurs WHERE utilisateur = '%u' AND active = 1
 user_query = SELECT '/var/mail/utilisateurs/%d/%n' AS home, 'maildir:/var/mail/utilisateurs/%d/%n' AS mail, 3000 AS uid, 3000 AS gid FROM postfix_utilisateurs WHERE utilisateur = '%u' AND active = 1 
-"
+",
     );
     text.replace("/etc/postfix/bdd/postfix.sqlite", db.to_str().unwrap())
         .replace("/var/mail/utilisateurs", mail_base.to_str().unwrap())
@@ -304,10 +310,7 @@ protocol lmtp {{
 /// `ip`:25 with a certificate from the test CA.
 fn start_outside(ca: &TestCa, ip: &str) -> Instance {
     let inst = Instance::with_main_cf_extra("");
-    let (cert, key) = ca.issue(
-        &["monserveur1.tutu.org", "monserveur2.tutu.org"],
-        &[ip],
-    );
+    let (cert, key) = ca.issue(&["monserveur1.tutu.org", "monserveur2.tutu.org"], &[ip]);
     let tls = inst.dir.path().join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     std::fs::write(tls.join("cert.pem"), cert).unwrap();
@@ -344,10 +347,7 @@ smtpd_tls_key_file = {t}/key.pem
     std::fs::write(&main_path, out).unwrap();
     let master_path = inst.conf().join("master.cf");
     let master = std::fs::read_to_string(&master_path).unwrap();
-    let master = master.replace(
-        &format!("\n{} ", inst.smtp_port),
-        &format!("\n{ip}:25 "),
-    );
+    let master = master.replace(&format!("\n{} ", inst.smtp_port), &format!("\n{ip}:25 "));
     std::fs::write(&master_path, master).unwrap();
     inst
 }
@@ -559,7 +559,11 @@ print(json.dumps(out))
             pw = PASSWORD,
         );
         let (ok, out, err) = python(&script);
-        assert!(ok, "IMAP read failed: {err}\ndovecot log:\n{}", self.dovecot.log());
+        assert!(
+            ok,
+            "IMAP read failed: {err}\ndovecot log:\n{}",
+            self.dovecot.log()
+        );
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("imap output {e}: {out}"))
     }
 
