@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod discard;
 pub mod dns;
 pub mod envelope;
+pub mod local;
 pub mod error;
 pub mod log;
 pub mod master;

@@ -24,6 +24,7 @@ use thiserror::Error;
 /// daemons land; any other command is reported and its service is not started.
 pub const IMPLEMENTED_COMMANDS: &[&str] = &[
     "smtpd",
+    "local",
     "pickup",
     "cleanup",
     "qmgr",

@@ -141,10 +141,25 @@ impl Rewriter {
     pub fn from_config(cfg: &Config) -> Result<Rewriter, RewriteError> {
         let parent = cfg.get_list("parent_domain_matches_subdomains");
         let pm = |n: &str| parent.iter().any(|p| p == n);
-        let own_addrs = crate::config::interface_networks()
+        // [address] literals are local when they name an interface we receive mail on:
+        // every interface address for inet_interfaces = all, else the listed ones.
+        let interfaces = cfg.get_list("inet_interfaces");
+        let all_addrs: Vec<IpAddr> = crate::config::interface_networks()
             .iter()
             .map(|n| n.addr())
             .collect();
+        let mut own_addrs: Vec<IpAddr> = Vec::new();
+        for i in &interfaces {
+            match i.as_str() {
+                "all" => own_addrs.extend(all_addrs.iter().copied()),
+                "loopback-only" => own_addrs.extend(all_addrs.iter().copied().filter(|a| a.is_loopback())),
+                a => {
+                    if let Ok(ip) = a.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                        own_addrs.push(ip);
+                    }
+                }
+            }
+        }
         Ok(Rewriter {
             myorigin: cfg.get("myorigin").to_ascii_lowercase(),
             mydomain: cfg.get("mydomain").to_ascii_lowercase(),
@@ -215,6 +230,16 @@ impl Rewriter {
         } else {
             Ok(Class::Default)
         }
+    }
+
+    /// `user+ext` → (`user`, Some(`+ext`)) with recipient_delimiter; for the local agent.
+    pub fn split_extension<'a>(&self, local: &'a str) -> (&'a str, Option<&'a str>) {
+        self.split_ext(local)
+    }
+
+    /// recipient_delimiter's characters.
+    pub fn delimiters(&self) -> &str {
+        &self.delimiters
     }
 
     fn split_ext<'a>(&self, local: &'a str) -> (&'a str, Option<&'a str>) {
