@@ -222,7 +222,10 @@ pub static PARAMS: &[Param] = &[
     p!("smtpd_milters", "", List, "milters for mail received over SMTP", NO_MILTER),
     // --- queue / qmgr --------------------------------------------------------------------
     p!("bounce_size_limit", "50000", Size, 1, MAXI, "largest original message returned in full in a notice", Yes),
+    p!("default_destination_concurrency_failed_cohort_limit", "1", Int, 0, MAXI, "failed pseudo-cohorts after which a destination is declared dead (0: never)", Yes),
     p!("default_destination_concurrency_limit", "20", Int, 1, MAXI, "parallel deliveries to one destination", Yes),
+    p!("default_destination_concurrency_negative_feedback", "1/concurrency", Str, "window decrement per failed delivery (1/concurrency or a number)", Yes),
+    p!("default_destination_concurrency_positive_feedback", "1/concurrency", Str, "window increment per successful delivery (1/concurrency or a number)", Yes),
     p!("default_destination_recipient_limit", "50", Int, 1, MAXI, "recipients per delivery to one destination", Yes),
     p!("initial_destination_concurrency", "5", Int, 1, MAXI, "parallel deliveries to a destination before slow start opens up", Yes),
     p!("bounce_queue_lifetime", "5d", Time('d'), 0, MAXI, "how long a bounce notice is retried", Yes),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
-use super::dest::{DestKey, Dests};
+use super::dest::{DestKey, Dests, Feedback, Feedback2, Policy};
 use crate::bounce::notice::{self, Kind, Notice, Rcpt as NoticeRcpt};
 use crate::config::Config;
 use crate::delivery::agent::{AgentTable, Deliver, DeliveryAgent};
@@ -44,6 +44,9 @@ pub struct Settings {
     pub default_recipient_limit: usize,
     /// `<transport>_destination_concurrency_limit` / `_recipient_limit` set in main.cf.
     pub per_transport: HashMap<String, (Option<usize>, Option<usize>)>,
+    /// Concurrency feedback per transport (`<transport>_…` overrides over `default_…`).
+    pub policies: HashMap<String, Policy>,
+    pub default_policy: Policy,
     pub myhostname: String,
     pub mail_name: String,
     pub bounce_size_limit: usize,
@@ -52,7 +55,45 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(cfg: &Config, transports: &[String]) -> Settings {
         let mut per_transport = HashMap::new();
+        let mut policies = HashMap::new();
+        let fb = |name: &str, fallback: &str| {
+            let v = cfg.raw(name).and_then(|v| cfg.expand(&v).ok()).unwrap_or_else(|| fallback.to_string());
+            Feedback::parse(&v).unwrap_or_else(|| {
+                tracing::warn!("{name} = {v}: expected 1/concurrency or a number; using 1/concurrency");
+                Feedback::PerWindow(1.0)
+            })
+        };
+        let minimal_backoff = cfg.get_time("minimal_backoff_time");
+        let default_policy = Policy {
+            initial: cfg.get_int("initial_destination_concurrency").max(1) as usize,
+            limit: cfg.get_int("default_destination_concurrency_limit").max(1) as usize,
+            positive: fb("default_destination_concurrency_positive_feedback", &cfg.get("default_destination_concurrency_positive_feedback")),
+            negative: fb("default_destination_concurrency_negative_feedback", &cfg.get("default_destination_concurrency_negative_feedback")),
+            failed_cohort_limit: cfg.get_int("default_destination_concurrency_failed_cohort_limit").max(0) as usize,
+            suspend: minimal_backoff,
+        };
         for t in transports {
+            let raw = |suffix: &str| {
+                cfg.raw(&format!("{t}_{suffix}"))
+                    .and_then(|v| cfg.expand(&v).ok())
+            };
+            let mut p = default_policy.clone();
+            if let Some(v) = raw("initial_destination_concurrency").and_then(|v| v.trim().parse::<usize>().ok()) {
+                p.initial = v.max(1);
+            }
+            if let Some(v) = raw("destination_concurrency_limit").and_then(|v| v.trim().parse::<usize>().ok()) {
+                p.limit = v.max(1);
+            }
+            if raw("destination_concurrency_positive_feedback").is_some() {
+                p.positive = fb(&format!("{t}_destination_concurrency_positive_feedback"), "1/concurrency");
+            }
+            if raw("destination_concurrency_negative_feedback").is_some() {
+                p.negative = fb(&format!("{t}_destination_concurrency_negative_feedback"), "1/concurrency");
+            }
+            if let Some(v) = raw("destination_concurrency_failed_cohort_limit").and_then(|v| v.trim().parse::<usize>().ok()) {
+                p.failed_cohort_limit = v;
+            }
+            policies.insert(t.clone(), p);
             let get = |suffix: &str| {
                 cfg.raw(&format!("{t}_{suffix}"))
                     .and_then(|v| cfg.expand(&v).ok())
@@ -82,10 +123,16 @@ impl Settings {
             default_recipient_limit: cfg.get_int("default_destination_recipient_limit").max(1)
                 as usize,
             per_transport,
+            policies,
+            default_policy,
             myhostname: cfg.get("myhostname"),
             mail_name: cfg.get("mail_name"),
             bounce_size_limit: cfg.get_size("bounce_size_limit") as usize,
         }
+    }
+
+    pub fn policy(&self, transport: &str) -> &Policy {
+        self.policies.get(transport).unwrap_or(&self.default_policy)
     }
 
     fn limits(&self, transport: &str) -> (usize, usize) {
@@ -307,9 +354,11 @@ impl Qmgr {
             }
         }
         let arrival = to_system(msg.record.meta.arrival_time, msg.record.meta.arrival_usec);
+        let mut suspended = Vec::new();
         for key in order {
             let rcpts = groups.remove(&key).unwrap_or_default();
-            let (conc, rlimit) = self.settings.limits(&key.transport);
+            let (_, rlimit) = self.settings.limits(&key.transport);
+            let policy = self.settings.policy(&key.transport).clone();
             for chunk in rcpts.chunks(rlimit) {
                 let env = &msg.record.envelope;
                 let job = Job {
@@ -327,12 +376,17 @@ impl Qmgr {
                     activated: now,
                 };
                 msg.outstanding += 1;
-                self.dests
-                    .push(key.clone(), job, self.settings.initial_concurrency, conc);
+                if let Err((job, dsn, reason)) = self.dests.push(key.clone(), job, &policy) {
+                    suspended.push((job, dsn, reason));
+                }
             }
         }
         let nothing_to_do = msg.outstanding == 0;
         self.active.insert(id.clone(), msg);
+        // Jobs for a dead destination: deferred without an attempt.
+        for (job, dsn, reason) in suspended {
+            self.defer_suspended(ctx, job, &dsn, &reason);
+        }
         if nothing_to_do {
             self.finish(ctx, id);
         } else {
@@ -366,7 +420,7 @@ impl Qmgr {
                             )
                         })
                         .collect();
-                    self.job_done(ctx, key, id, indexes, out);
+                    self.job_done(ctx, Some(key), id, indexes, out);
                 }
                 Some((agent, _)) => {
                     let fut = agent.send(Deliver(job));
@@ -374,7 +428,7 @@ impl Qmgr {
                         move |res, act, ctx| {
                             let _g = act.span.clone().entered();
                             let out = res.unwrap_or_default();
-                            act.job_done(ctx, key, id, indexes, out);
+                            act.job_done(ctx, Some(key), id, indexes, out);
                         },
                     ));
                 }
@@ -382,19 +436,36 @@ impl Qmgr {
         }
     }
 
+    /// Defers a job of a dead destination without trying it, with Postfix's log line
+    /// `status=deferred (delivery temporarily suspended: …)`.
+    fn defer_suspended(&mut self, ctx: &mut Context<Self>, job: Job, dsn: &str, reason: &str) {
+        let now = SystemTime::now();
+        let o = Outcome::deferred(dsn, reason);
+        let mut out = Vec::new();
+        for r in &job.recipients {
+            crate::delivery::log_outcome(&job, r, "none", now, &o);
+            out.push((r.index, o.clone()));
+        }
+        let indexes = job.recipients.iter().map(|r| r.index).collect();
+        self.job_done(ctx, None, job.queue_id.clone(), indexes, out);
+    }
+
+    /// A job's outcomes; `key` is the destination whose window it used (None: never started).
     fn job_done(
         &mut self,
         ctx: &mut Context<Self>,
-        key: DestKey,
+        key: Option<DestKey>,
         id: String,
         indexes: Vec<usize>,
         out: Vec<(usize, Outcome)>,
     ) {
         let _g = self.span.clone().entered();
-        let success = out
-            .iter()
-            .any(|(_, o)| !matches!(o, Outcome::Deferred { .. }));
-        self.dests.done(&key, success);
+        if let Some(key) = key {
+            let drained = self.dests.done(&key, site_feedback(&out));
+            for (job, dsn, reason) in drained {
+                self.defer_suspended(ctx, job, &dsn, &reason);
+            }
+        }
         if let Some(msg) = self.active.get_mut(&id) {
             let got: HashMap<usize, Outcome> = out.into_iter().collect();
             for i in indexes {
@@ -611,6 +682,30 @@ impl Qmgr {
                     act.scan(ctx, false, false, None);
                 }),
         );
+    }
+}
+
+/// What a job says about its site: reached when any recipient got a final answer or a
+/// recipient-level deferral (a 4xx to RCPT TO or after DATA means the site works); failed
+/// when every recipient was deferred for a site reason (connection, greeting, MAIL FROM,
+/// transport unavailable…), which is what drives Postfix's negative feedback.
+fn site_feedback(out: &[(usize, Outcome)]) -> Feedback2 {
+    let mut first: Option<(&str, &str)> = None;
+    for (_, o) in out {
+        match o {
+            Outcome::Deferred { dsn, reason } => {
+                if reason.contains("in reply to RCPT TO") || reason.contains("in reply to end of DATA") {
+                    return Feedback2::Reached;
+                }
+                first.get_or_insert((dsn, reason));
+            }
+            _ => return Feedback2::Reached,
+        }
+    }
+    match first {
+        Some((dsn, reason)) => Feedback2::Failed { dsn: dsn.to_string(), reason: reason.to_string() },
+        // A job without recipients says nothing about the site.
+        None => Feedback2::Reached,
     }
 }
 
