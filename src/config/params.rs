@@ -221,7 +221,11 @@ pub static PARAMS: &[Param] = &[
     p!("non_smtpd_milters", "", List, "milters for locally submitted mail", NO_MILTER),
     p!("smtpd_milters", "", List, "milters for mail received over SMTP", NO_MILTER),
     // --- queue / qmgr --------------------------------------------------------------------
+    p!("2bounce_notice_recipient", "postmaster", Str, "recipient of double bounces (a bounce that could not be delivered)", Yes),
+    p!("bounce_notice_recipient", "postmaster", Str, "recipient of postmaster copies of bounces (notify_classes = bounce)", Yes),
     p!("bounce_size_limit", "50000", Size, 1, MAXI, "largest original message returned in full in a notice", Yes),
+    p!("double_bounce_sender", "double-bounce", Str, "sender of postmaster notices; mail to it is discarded, so they never loop", Yes),
+    p!("notify_classes", "resource, software", List, "problems reported to the postmaster (relais acts on bounce and 2bounce)", Yes),
     p!("default_destination_concurrency_failed_cohort_limit", "1", Int, 0, MAXI, "failed pseudo-cohorts after which a destination is declared dead (0: never)", Yes),
     p!("default_destination_concurrency_limit", "20", Int, 1, MAXI, "parallel deliveries to one destination", Yes),
     p!("default_destination_concurrency_negative_feedback", "1/concurrency", Str, "window decrement per failed delivery (1/concurrency or a number)", Yes),

@@ -50,6 +50,14 @@ pub struct Settings {
     pub myhostname: String,
     pub mail_name: String,
     pub bounce_size_limit: usize,
+    /// notify_classes, lower case.
+    pub notify_classes: Vec<String>,
+    /// double_bounce_sender@$myorigin: the sender of postmaster notices.
+    pub double_bounce: String,
+    pub double_bounce_local: String,
+    /// 2bounce_notice_recipient and bounce_notice_recipient, qualified with @$myorigin.
+    pub two_bounce_rcpt: String,
+    pub bounce_rcpt: String,
 }
 
 impl Settings {
@@ -128,6 +136,11 @@ impl Settings {
             myhostname: cfg.get("myhostname"),
             mail_name: cfg.get("mail_name"),
             bounce_size_limit: cfg.get_size("bounce_size_limit") as usize,
+            notify_classes: cfg.get_list("notify_classes").iter().map(|c| c.to_ascii_lowercase()).collect(),
+            double_bounce: qualify(&cfg.get("double_bounce_sender"), &cfg.get("myorigin")),
+            double_bounce_local: cfg.get("double_bounce_sender").to_ascii_lowercase(),
+            two_bounce_rcpt: qualify(&cfg.get("2bounce_notice_recipient"), &cfg.get("myorigin")),
+            bounce_rcpt: qualify(&cfg.get("bounce_notice_recipient"), &cfg.get("myorigin")),
         }
     }
 
@@ -178,6 +191,16 @@ fn secs_now() -> i64 {
 
 fn to_system(secs: i64, usec: u32) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64) + Duration::from_micros(usec as u64)
+}
+
+/// `name` → `name@origin`, as cleanup does for locally posted mail.
+fn qualify(name: &str, origin: &str) -> String {
+    let name = name.trim();
+    if name.contains('@') || origin.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}@{origin}")
+    }
 }
 
 fn sender_text(s: &str) -> &str {
@@ -329,6 +352,18 @@ impl Qmgr {
                 continue;
             }
             match self.rewriter.resolve(&r.address) {
+                Ok(res)
+                    if res.class == crate::trivial_rewrite::Class::Local
+                        && res
+                            .address
+                            .rsplit_once('@')
+                            .is_some_and(|(l, _)| l.eq_ignore_ascii_case(&self.settings.double_bounce_local)) =>
+                {
+                    // Mail to the local double-bounce address is dropped here, so that
+                    // postmaster notices can never loop (and no local agent is needed).
+                    tracing::warn!("{id}: undeliverable postmaster notification discarded");
+                    msg.outcomes.insert(i, Outcome::sent("2.0.0", "undeliverable postmaster notification discarded"));
+                }
                 Ok(res) => {
                     let key = DestKey {
                         transport: res.transport,
@@ -563,7 +598,8 @@ impl Qmgr {
             && !s.delay_warning_time.is_zero()
             && age >= s.delay_warning_time
             && !msg.record.meta.delay_warned
-            && !env.sender.is_empty();
+            && !env.sender.is_empty()
+            && !env.sender.eq_ignore_ascii_case(&s.double_bounce);
         let delay_rcpts: Vec<usize> = if warn_delay {
             pending
                 .iter()
@@ -594,7 +630,20 @@ impl Qmgr {
                     !n.never && (!n.explicit || n.failure)
                 })
                 .collect();
-            if !env.sender.is_empty() && !notify_failure.is_empty() {
+            let classes = |c: &str| s.notify_classes.iter().any(|x| x == c);
+            let from_double_bounce = env.sender.eq_ignore_ascii_case(&s.double_bounce);
+            if env.sender.is_empty() && !bounced.is_empty() {
+                // A bounce (or other null-sender mail) failed: a double bounce to the
+                // postmaster when notify_classes asks for it, else it is dropped.
+                if classes("2bounce") || classes("bounce") {
+                    send_notice(&q, &s, &idc, &record, &content, Kind::Postmaster, &bounced, &outcomes, "postmaster non-delivery notification", Some((&s.two_bounce_rcpt, &s.double_bounce))).await;
+                } else {
+                    tracing::info!("{idc}: undeliverable bounce notification discarded (notify_classes has no 2bounce)");
+                }
+            } else if from_double_bounce && !bounced.is_empty() {
+                // A postmaster notice failed: never a third notice.
+                tracing::warn!("{idc}: undeliverable postmaster notification discarded");
+            } else if !env.sender.is_empty() && !notify_failure.is_empty() {
                 send_notice(
                     &q,
                     &s,
@@ -605,10 +654,14 @@ impl Qmgr {
                     &notify_failure,
                     &outcomes,
                     "sender non-delivery notification",
+                    None,
                 )
                 .await;
+                if classes("bounce") {
+                    send_notice(&q, &s, &idc, &record, &content, Kind::Postmaster, &notify_failure, &outcomes, "postmaster non-delivery notification", Some((&s.bounce_rcpt, &s.double_bounce))).await;
+                }
             }
-            if !env.sender.is_empty() && !success.is_empty() {
+            if !env.sender.is_empty() && !from_double_bounce && !success.is_empty() {
                 send_notice(
                     &q,
                     &s,
@@ -619,6 +672,7 @@ impl Qmgr {
                     &success,
                     &outcomes,
                     "sender delivery status notification",
+                    None,
                 )
                 .await;
             }
@@ -633,6 +687,7 @@ impl Qmgr {
                     &delay_rcpts,
                     &outcomes,
                     "sender delay notification",
+                    None,
                 )
                 .await;
             }
@@ -746,6 +801,8 @@ async fn send_notice(
     idx: &[usize],
     outcomes: &HashMap<usize, Outcome>,
     what: &str,
+    // A postmaster notice: (to, envelope sender); None: to the original sender from <>.
+    postmaster: Option<(&str, &str)>,
 ) {
     let notice_id = match q.new_id().await {
         Ok(i) => i,
@@ -799,19 +856,24 @@ async fn send_notice(
         queue_id: id,
         notice_id: &notice_id,
         sender: &record.envelope.sender,
+        to: postmaster.map(|(to, _)| to),
         arrival,
         now,
         recipients: &rcpts,
         original: content,
-        ret: record.envelope.ret,
+        ret: if postmaster.is_some() { Some(crate::envelope::Ret::Hdrs) } else { record.envelope.ret },
         envid: record.envelope.envid.as_deref(),
         size_limit: s.bounce_size_limit,
     });
-    let mut rcpt = Recipient::new(record.envelope.sender.clone());
+    let (to, from) = match postmaster {
+        Some((to, from)) => (to.to_string(), from.to_string()),
+        None => (record.envelope.sender.clone(), String::new()),
+    };
+    let mut rcpt = Recipient::new(to);
     rcpt.notify.never = true;
     let rec = Record {
         envelope: Envelope {
-            sender: String::new(),
+            sender: from,
             recipients: vec![rcpt],
             ..Default::default()
         },
