@@ -37,6 +37,18 @@ fn local_users_aliases_forwarding_and_bounces() {
     .unwrap();
     std::fs::write(inst.conf().join("users"), "bob x\nalice x\n").unwrap();
     inst.start();
+    // smtpd refuses unknown local users at RCPT (no backscatter), knows aliases and users.
+    let mut c = Smtp::connect(inst.smtp_port);
+    c.reply();
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<x@remote.example>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<ghost@mail.test>");
+    assert!(r.starts_with("550 5.1.1 <ghost@mail.test>: Recipient address rejected: User unknown in local recipient table"), "{r}");
+    for ok in ["bob+x@mail.test", "postmaster@mail.test", "TEAM@mail.test"] {
+        let r = c.cmd(&format!("RCPT TO:<{ok}>"));
+        assert!(r.starts_with("250"), "{ok}: {r}");
+    }
+    c.cmd("QUIT");
     sendmail(&inst, "carol@localhost", "bob@mail.test", b"Subject: one\n\nhello bob\n");
     sendmail(&inst, "carol@localhost", "postmaster@mail.test", b"Subject: two\n\nto postmaster\n");
     sendmail(&inst, "carol@localhost", "team+news@mail.test", b"Subject: three\n\nto the team\n");

@@ -123,6 +123,9 @@ pub struct Rewriter {
     relayhost: String,
     recursion_limit: usize,
     expansion_limit: usize,
+    /// local_recipient_maps split into its alias part (aliases(5) files) and its user part;
+    /// None when the list is empty (every local user is accepted).
+    local_users: Option<(crate::local::aliases::Sources, crate::local::aliases::Sources)>,
 }
 
 fn split_transport(s: &str) -> (String, String) {
@@ -181,6 +184,24 @@ impl Rewriter {
             relayhost: cfg.get("relayhost"),
             recursion_limit: cfg.get_int("virtual_alias_recursion_limit").max(1) as usize,
             expansion_limit: cfg.get_int("virtual_alias_expansion_limit").max(1) as usize,
+            local_users: {
+                let lrm = cfg.get_list("local_recipient_maps");
+                let aliases = cfg.get_list("alias_maps");
+                if lrm.is_empty() {
+                    None
+                } else {
+                    // Tables that cannot be opened are left out; the local agent warns.
+                    let (a, _) = crate::local::aliases::Sources::open(
+                        &lrm.iter().filter(|m| aliases.contains(m)).cloned().collect::<Vec<_>>(),
+                        true,
+                    );
+                    let (u, _) = crate::local::aliases::Sources::open(
+                        &lrm.iter().filter(|m| !aliases.contains(m)).cloned().collect::<Vec<_>>(),
+                        false,
+                    );
+                    Some((a, u))
+                }
+            },
         })
     }
 
@@ -215,6 +236,29 @@ impl Rewriter {
                 .is_ok_and(|ip| self.own_addrs.contains(&ip)));
         }
         self.mydestination.matches(domain)
+    }
+
+    /// Whether a local-domain recipient is known to local_recipient_maps (always true when
+    /// the list is empty): `user+ext`, then `user`, lower case, in the alias and user tables.
+    /// smtpd refuses unknown ones at RCPT ("User unknown in local recipient table").
+    pub fn local_user_known(&self, addr: &str) -> Result<bool, RewriteError> {
+        let Some((aliases, users)) = &self.local_users else {
+            return Ok(true);
+        };
+        let local = addr.rsplit_once('@').map(|(l, _)| l).unwrap_or(addr).to_lowercase();
+        let (base, ext) = self.split_ext(&local);
+        let mut keys = vec![local.as_str()];
+        if ext.is_some() {
+            keys.push(base);
+        }
+        for k in keys {
+            for s in [aliases, users] {
+                if s.lookup(k).map_err(|e| RewriteError::Temporary(e.to_string()))?.is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The class of a domain, for relay control and resolution.
@@ -574,5 +618,18 @@ mod tests {
             r.expand("plain@z.example").unwrap(),
             vec!["plain@z.example"]
         );
+    }
+
+    #[test]
+    fn local_recipient_maps() {
+        let (r, _d) = rw(
+            "mydestination = localhost\nrecipient_delimiter = +\nalias_maps = texthash:@DIR@/aliases\nlocal_recipient_maps = texthash:@DIR@/users $alias_maps\n",
+            &[("aliases", "postmaster: root\n"), ("users", "bob x\n")],
+        );
+        for (a, known) in [("bob@localhost", true), ("Bob+x@localhost", true), ("postmaster@localhost", true), ("ghost@localhost", false)] {
+            assert_eq!(r.local_user_known(a).unwrap(), known, "{a}");
+        }
+        let (r, _d) = rw("mydestination = localhost\nlocal_recipient_maps =\n", &[]);
+        assert!(r.local_user_known("anyone@localhost").unwrap());
     }
 }
