@@ -91,3 +91,21 @@ fn local_users_aliases_forwarding_and_bounces() {
     assert!(inst.wait_log("status=bounced (unknown user: \"ghost\")", Duration::from_secs(5)), "{}", inst.log());
     inst.stop();
 }
+
+#[test]
+fn mailbox_transport_and_fallback_transport_hand_over() {
+    let mut inst = Instance::with_main_cf_extra(
+        "mydestination = mail.test\nmyorigin = mail.test\nalias_maps =\nlocal_recipient_maps =\nlocal_mailbox_base = $queue_directory/localusers\nmailbox_transport = discard:handed to mailbox_transport\nfallback_transport = discard:handed to fallback_transport\n",
+    );
+    inst.start();
+    // root is in the password database: mailbox_transport; the other is unknown: fallback.
+    sendmail(&inst, "carol@localhost", "root@mail.test", b"Subject: m\n\nx\n");
+    sendmail(&inst, "carol@localhost", "no-such-user-relais@mail.test", b"Subject: f\n\nx\n");
+    assert!(inst.wait_log("status=sent (handed to fallback_transport)", Duration::from_secs(20)), "{}", inst.log());
+    assert!(inst.wait_log("status=sent (handed to mailbox_transport)", Duration::from_secs(20)), "{}", inst.log());
+    let log = inst.log();
+    assert!(log.contains("postfix/discard[") && log.contains("to=<root@mail.test>, relay=none,"), "{log}");
+    // The hand-over is logged once, by the agent that did the work.
+    assert!(!log.contains("relay=local"), "{log}");
+    inst.stop();
+}

@@ -356,6 +356,15 @@ impl Expander<'_> {
         }
     }
 
+    /// A hand-over to another agent; never back to this one (that would loop forever).
+    fn pass(&mut self, transport: &str, nexthop: &str, addr: &str, param: &str) {
+        if transport == self.s.service {
+            self.push(Action::Fail(Outcome::deferred("4.3.5", format!("{param} names the local transport itself ({transport})"))));
+        } else {
+            self.push(Action::Pass { transport: transport.to_string(), nexthop: nexthop.to_string(), rcpt: addr.to_string() });
+        }
+    }
+
     /// Step 3 and 4: a user's mailbox, or the unknown-user handling.
     fn user(&mut self, addr: &str, base: &str, ext: &str, domain: &str) {
         if base.is_empty() || base.contains('/') || base.starts_with('.') || base.contains('\0') {
@@ -375,8 +384,8 @@ impl Expander<'_> {
             }
         };
         if known {
-            if let Some((t, n)) = &self.s.mailbox_transport {
-                self.push(Action::Pass { transport: t.clone(), nexthop: n.clone(), rcpt: addr.to_string() });
+            if let Some((t, n)) = self.s.mailbox_transport.clone() {
+                self.pass(&t, &n, addr, "mailbox_transport");
                 return;
             }
             let home = match &self.s.mailbox_base {
@@ -404,8 +413,8 @@ impl Expander<'_> {
             }
             return;
         }
-        if let Some((t, n)) = &self.s.fallback_transport {
-            self.push(Action::Pass { transport: t.clone(), nexthop: n.clone(), rcpt: addr.to_string() });
+        if let Some((t, n)) = self.s.fallback_transport.clone() {
+            self.pass(&t, &n, addr, "fallback_transport");
         } else if !self.s.luser_relay.trim().is_empty() {
             let delim = ext.trim_start_matches(|c| self.rw.delimiters().contains(c));
             let (local, _) = addr.rsplit_once('@').unwrap_or((addr, ""));

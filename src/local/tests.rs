@@ -118,6 +118,9 @@ fn luser_relay_fallback_and_mailbox_transport() {
         plan_of(&e, "bob@mail.example", b""),
         vec![Action::Pass { transport: "lmtp".into(), nexthop: "inet:127.0.0.1:24".into(), rcpt: "bob@mail.example".into() }]
     );
+    let e = std_env("mailbox_transport = local\n");
+    let p = plan_of(&e, "bob@mail.example", b"");
+    assert!(matches!(&p[..], [Action::Fail(Outcome::Deferred { .. })]), "{p:?}");
     // Empty home_mailbox: the mail spool's mbox file.
     let e = std_env("home_mailbox =\nmail_spool_directory = /var/spool/mail\n");
     assert_eq!(
