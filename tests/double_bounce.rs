@@ -31,20 +31,43 @@ fn queue_empty(inst: &Instance) -> bool {
 
 #[test]
 fn failed_bounce_goes_to_postmaster() {
-    let mut inst = Instance::with_main_cf_extra(&format!("{ROUTES}notify_classes = resource, software, 2bounce\n"));
+    let mut inst = Instance::with_main_cf_extra(&format!(
+        "{ROUTES}notify_classes = resource, software, 2bounce\n"
+    ));
     inst.start();
     sendmail(&inst, "<>", "nobody@bounce.example");
     assert!(
-        wait_until(Duration::from_secs(20), || !inst.maildir_new("postmaster").is_empty()),
+        wait_until(Duration::from_secs(20), || !inst
+            .maildir_new("postmaster")
+            .is_empty()),
         "{}",
         inst.log()
     );
     let text = std::fs::read_to_string(&inst.maildir_new("postmaster")[0]).unwrap();
-    assert!(text.starts_with("Return-Path: <double-bounce@localhost>\n"), "{text}");
-    assert!(text.contains("Subject: Postmaster Copy: Undelivered Mail") && text.contains("To: postmaster@localhost"), "{text}");
-    assert!(text.contains("<nobody@bounce.example>: No such user here") && text.contains("text/rfc822-headers"), "{text}");
-    assert!(text.contains("Subject: a bounce that bounces") && !text.contains("\nlost\n"), "headers only: {text}");
-    assert!(inst.log().contains(": postmaster non-delivery notification: "), "{}", inst.log());
+    assert!(
+        text.starts_with("Return-Path: <double-bounce@localhost>\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: Postmaster Copy: Undelivered Mail")
+            && text.contains("To: postmaster@localhost"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<nobody@bounce.example>: No such user here")
+            && text.contains("text/rfc822-headers"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: a bounce that bounces") && !text.contains("\nlost\n"),
+        "headers only: {text}"
+    );
+    assert!(
+        inst.log()
+            .contains(": postmaster non-delivery notification: "),
+        "{}",
+        inst.log()
+    );
     assert!(queue_empty(&inst), "{:?}", inst.queue_json());
     inst.stop();
 }
@@ -57,20 +80,33 @@ fn failed_double_bounce_is_discarded_and_no_2bounce_drops() {
     inst.start();
     sendmail(&inst, "<>", "nobody@bounce.example");
     assert!(
-        inst.wait_log(": undeliverable postmaster notification discarded", Duration::from_secs(20)),
+        inst.wait_log(
+            ": undeliverable postmaster notification discarded",
+            Duration::from_secs(20)
+        ),
         "{}",
         inst.log()
     );
     assert!(queue_empty(&inst), "{:?}", inst.queue_json());
     // Exactly one postmaster notice was made: nothing loops.
-    assert_eq!(inst.log().matches("postmaster non-delivery notification: ").count(), 1, "{}", inst.log());
+    assert_eq!(
+        inst.log()
+            .matches("postmaster non-delivery notification: ")
+            .count(),
+        1,
+        "{}",
+        inst.log()
+    );
     inst.stop();
 
     let mut inst = Instance::with_main_cf_extra(ROUTES);
     inst.start();
     sendmail(&inst, "<>", "nobody@bounce.example");
     assert!(
-        inst.wait_log("undeliverable bounce notification discarded (notify_classes has no 2bounce)", Duration::from_secs(20)),
+        inst.wait_log(
+            "undeliverable bounce notification discarded (notify_classes has no 2bounce)",
+            Duration::from_secs(20)
+        ),
         "{}",
         inst.log()
     );

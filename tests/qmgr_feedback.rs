@@ -10,7 +10,13 @@ use std::time::Duration;
 
 fn sendmail(inst: &Instance, to: &str, subject: &str) {
     let mut child = Command::new(bin("sendmail"))
-        .args(["-C", inst.conf().to_str().unwrap(), "-f", "carol@localhost", to])
+        .args([
+            "-C",
+            inst.conf().to_str().unwrap(),
+            "-f",
+            "carol@localhost",
+            to,
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -29,7 +35,10 @@ fn dead_destination_defers_without_attempts() {
     inst.start();
     sendmail(&inst, "a@dead.example", "first");
     assert!(
-        inst.wait_log("status=deferred (connect to 127.0.0.1[127.0.0.1]", Duration::from_secs(20)),
+        inst.wait_log(
+            "status=deferred (connect to 127.0.0.1[127.0.0.1]",
+            Duration::from_secs(20)
+        ),
         "{}",
         inst.log()
     );
@@ -38,7 +47,9 @@ fn dead_destination_defers_without_attempts() {
     assert!(
         wait_until(Duration::from_secs(20), || inst
             .log()
-            .matches("status=deferred (delivery temporarily suspended: connect to 127.0.0.1[127.0.0.1]")
+            .matches(
+                "status=deferred (delivery temporarily suspended: connect to 127.0.0.1[127.0.0.1]"
+            )
             .count()
             >= 2),
         "{}",
@@ -46,9 +57,20 @@ fn dead_destination_defers_without_attempts() {
     );
     let log = inst.log();
     // Only the first message was tried: one connection attempt in the log.
-    assert_eq!(log.matches("status=deferred (connect to").count(), 1, "{log}");
-    assert!(log.contains("postfix/qmgr[") && log.contains(": to=<b@dead.example>, relay=none, delay="), "{log}");
+    assert_eq!(
+        log.matches("status=deferred (connect to").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("postfix/qmgr[") && log.contains(": to=<b@dead.example>, relay=none, delay="),
+        "{log}"
+    );
     // Nothing is lost: all three wait in the deferred queue.
-    assert!(wait_until(Duration::from_secs(10), || inst.queue_json().len() == 3), "{:?}", inst.queue_json());
+    assert!(
+        wait_until(Duration::from_secs(10), || inst.queue_json().len() == 3),
+        "{:?}",
+        inst.queue_json()
+    );
     inst.stop();
 }

@@ -323,11 +323,18 @@ fn stopped_daemon_tools_use_the_queue_directly() {
     for flag in ["-o", "-d", "-v", "-r"] {
         let name = format!("postcat-{}-q-sendmail-3rcpt.txt", &flag[1..]);
         let (gout, _, _) = golden(&name).unwrap();
-        let o = run(&e, env!("CARGO_BIN_EXE_postcat"), &[flag, "-q", "527309AA1A6"]);
+        let o = run(
+            &e,
+            env!("CARGO_BIN_EXE_postcat"),
+            &[flag, "-q", "527309AA1A6"],
+        );
         assert_eq!(o.status.code(), Some(0), "{flag}: {}", text(&o.stderr));
         let upto_body = |s: &str| -> Vec<String> {
             let lines: Vec<&str> = s.lines().collect();
-            let end = lines.iter().position(|l| l.ends_with("One message, three recipients.")).unwrap();
+            let end = lines
+                .iter()
+                .position(|l| l.ends_with("One message, three recipients."))
+                .unwrap();
             let mut v: Vec<String> = lines[..=end].iter().map(|l| l.to_string()).collect();
             // The markers, without their offsets.
             for l in &lines[end + 1..] {

@@ -70,7 +70,10 @@ fn envelope_records(text: &str, meta: &Meta) -> Vec<Rec> {
         let (label, value) = line.split_once(": ").unwrap_or((line, ""));
         let (code, len) = match label {
             "message_size" => (b'C', value.len()),
-            "message_arrival_time" => (b'T', format!("{} {}", meta.arrival_time, meta.arrival_usec).len()),
+            "message_arrival_time" => (
+                b'T',
+                format!("{} {}", meta.arrival_time, meta.arrival_usec).len(),
+            ),
             "create_time" => (b'A', format!("create_time={}", meta.arrival_time).len()),
             "named_attribute" => (b'A', value.len()),
             "sender_fullname" => (b'F', value.len()),
@@ -80,7 +83,12 @@ fn envelope_records(text: &str, meta: &Meta) -> Vec<Rec> {
             "done_recipient" => (b'D', value.len()),
             _ => (b'A', value.len()),
         };
-        out.push(Rec { code, text: line.to_string(), len, content: false });
+        out.push(Rec {
+            code,
+            text: line.to_string(),
+            len,
+            content: false,
+        });
     }
     out
 }
@@ -154,7 +162,12 @@ fn envelope_lines(id: &str, env: &Envelope, origin: &Origin, meta: &Meta) -> Str
     // options, content length, SMTPUTF8 flags. The data offset is where the content starts
     // in a Postfix queue file: after the size record (95 bytes of data and 2 of framing),
     // the other envelope records and the 2-byte message-content marker.
-    let offset = 97 + envelope_records(&body, meta).iter().map(Rec::size).sum::<usize>() + 2;
+    let offset = 97
+        + envelope_records(&body, meta)
+            .iter()
+            .map(Rec::size)
+            .sum::<usize>()
+        + 2;
     format!(
         "message_size: {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n{body}",
         meta.size,
@@ -289,7 +302,12 @@ fn main() {
         for r in envelope_records(&env_text, &meta) {
             emit(&mut out, &r, show_env);
         }
-        let marker = |code: u8, what: &str| Rec { code, text: format!("*** {what} {p} ***"), len: 0, content: false };
+        let marker = |code: u8, what: &str| Rec {
+            code,
+            text: format!("*** {what} {p} ***"),
+            len: 0,
+            content: false,
+        };
         emit(&mut out, &marker(b'M', "MESSAGE CONTENTS"), show_env);
         let content = content.unwrap_or_default();
         let text = String::from_utf8_lossy(&content);
@@ -301,7 +319,12 @@ fn main() {
                 in_header = false;
             }
             let show = (in_header && show_hdr) || (!in_header && show_body);
-            let r = Rec { code: b'N', text: line.to_string(), len: line.len(), content: true };
+            let r = Rec {
+                code: b'N',
+                text: line.to_string(),
+                len: line.len(),
+                content: true,
+            };
             emit(&mut out, &r, show);
         }
         emit(&mut out, &marker(b'X', "HEADER EXTRACTED"), show_env);

@@ -240,10 +240,15 @@ pub fn multipart_boundary(h: &Header) -> Option<String> {
         return None;
     }
     for p in params {
-        let Some((k, v)) = p.split_once('=') else { continue };
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
         if k.trim().eq_ignore_ascii_case("boundary") {
             let v = v.trim();
-            let v = v.strip_prefix('"').and_then(|x| x.split('"').next()).unwrap_or(v);
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.split('"').next())
+                .unwrap_or(v);
             // RFC 2046: 1 to 70 characters.
             if !v.is_empty() && v.len() <= 70 {
                 return Some(v.to_string());

@@ -342,7 +342,13 @@ pub fn process(sub: &Submission, s: &Settings) -> Result<Cleaned, Rejected> {
 }
 
 /// Writes one body line, through body_checks when there are any.
-fn body_line(sub: &Submission, s: &Settings, out: &mut Cleaned, line: &[u8], content: &mut Vec<u8>) -> Result<(), Rejected> {
+fn body_line(
+    sub: &Submission,
+    s: &Settings,
+    out: &mut Cleaned,
+    line: &[u8],
+    content: &mut Vec<u8>,
+) -> Result<(), Rejected> {
     let Some(t) = s.body_checks.as_deref() else {
         content.extend_from_slice(line);
         return Ok(());
@@ -362,7 +368,14 @@ fn body_line(sub: &Submission, s: &Settings, out: &mut Cleaned, line: &[u8], con
 
 /// The headers of one MIME part: MIME headers through mime_header_checks (other headers
 /// are kept as they are); a multipart part opens a nested boundary.
-fn part_headers(sub: &Submission, s: &Settings, out: &mut Cleaned, hdrs: &mut Vec<Header>, stack: &mut Vec<String>, content: &mut Vec<u8>) -> Result<(), Rejected> {
+fn part_headers(
+    sub: &Submission,
+    s: &Settings,
+    out: &mut Cleaned,
+    hdrs: &mut Vec<Header>,
+    stack: &mut Vec<String>,
+    content: &mut Vec<u8>,
+) -> Result<(), Rejected> {
     for h in hdrs.drain(..) {
         if let Some(b) = headers::multipart_boundary(&h) {
             if stack.len() < s.mime_nesting_limit {
@@ -372,7 +385,9 @@ fn part_headers(sub: &Submission, s: &Settings, out: &mut Cleaned, hdrs: &mut Ve
             }
         }
         let result = if is_mime_header(&h) {
-            s.mime_header_checks.as_deref().and_then(|t| t.check(&h.text))
+            s.mime_header_checks
+                .as_deref()
+                .and_then(|t| t.check(&h.text))
         } else {
             None
         };
@@ -380,7 +395,11 @@ fn part_headers(sub: &Submission, s: &Settings, out: &mut Cleaned, hdrs: &mut Ve
             None => h.to_wire(content),
             Some(lines) => {
                 for text in lines {
-                    Header { name: String::new(), text }.to_wire(content);
+                    Header {
+                        name: String::new(),
+                        text,
+                    }
+                    .to_wire(content);
                 }
             }
         }
@@ -391,7 +410,14 @@ fn part_headers(sub: &Submission, s: &Settings, out: &mut Cleaned, hdrs: &mut Ve
 /// The body, following the multipart structure (bounded by mime_nesting_limit and
 /// MAX_MIME_PARTS): part headers go through mime_header_checks, every other line through
 /// body_checks. Boundary lines are copied as they are.
-fn process_body(sub: &Submission, s: &Settings, out: &mut Cleaned, body: &[u8], boundary: Option<String>, content: &mut Vec<u8>) -> Result<(), Rejected> {
+fn process_body(
+    sub: &Submission,
+    s: &Settings,
+    out: &mut Cleaned,
+    body: &[u8],
+    boundary: Option<String>,
+    content: &mut Vec<u8>,
+) -> Result<(), Rejected> {
     let mut stack: Vec<String> = boundary.into_iter().collect();
     let mut in_headers = false;
     let mut hdrs: Vec<Header> = Vec::new();
@@ -413,7 +439,10 @@ fn process_body(sub: &Submission, s: &Settings, out: &mut Cleaned, body: &[u8], 
                     continue;
                 }
             } else if let Some(name) = headers::header_name(raw) {
-                hdrs.push(Header { name, text: String::from_utf8_lossy(raw).into_owned() });
+                hdrs.push(Header {
+                    name,
+                    text: String::from_utf8_lossy(raw).into_owned(),
+                });
                 continue;
             }
             // Not a header: the part's body starts without a separator line.
@@ -623,12 +652,18 @@ mod tests {
     #[test]
     fn delivered_to_is_kept_return_path_removed() {
         let c = process(
-            &smtp(b"Return-Path: <forged@x>\r\nDelivered-To: bob@x\r\nSubject: s\r\n\r\nb\r\n", None),
+            &smtp(
+                b"Return-Path: <forged@x>\r\nDelivered-To: bob@x\r\nSubject: s\r\n\r\nb\r\n",
+                None,
+            ),
             &settings(None),
         )
         .unwrap();
         let text = String::from_utf8(c.content).unwrap();
-        assert!(!text.contains("Return-Path") && text.contains("\r\nDelivered-To: bob@x\r\n"), "{text}");
+        assert!(
+            !text.contains("Return-Path") && text.contains("\r\nDelivered-To: bob@x\r\n"),
+            "{text}"
+        );
     }
 
     const NESTED: &[u8] = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\nSubject: s\r\n\r\npreamble\r\n--outer\r\nContent-Type: multipart/alternative;\r\n\tboundary=inner\r\n\r\n--inner\r\nContent-Type: text/plain\r\nContent-Disposition: inline; secret\r\n\r\nforbidden words\r\nfine words\r\n--inner--\r\n--outer\r\nContent-Type: application/octet-stream; name=\"PAYLOAD\"\r\n\r\nQUFB\r\n--outer--\r\nepilogue\r\n";
@@ -636,13 +671,25 @@ mod tests {
     fn mime_settings(payload_action: &'static str) -> Settings {
         let mut s = settings(None);
         s.mime_header_checks = Some(Box::new(Re(vec![
-            (regex::Regex::new("(?i)^Content-Disposition:.*secret").unwrap(), "IGNORE"),
-            (regex::Regex::new("(?i)^Content-Type:.*name=\"PAYLOAD\"").unwrap(), payload_action),
+            (
+                regex::Regex::new("(?i)^Content-Disposition:.*secret").unwrap(),
+                "IGNORE",
+            ),
+            (
+                regex::Regex::new("(?i)^Content-Type:.*name=\"PAYLOAD\"").unwrap(),
+                payload_action,
+            ),
         ])));
         s.body_checks = Some(Box::new(Re(vec![
-            (regex::Regex::new("^forbidden").unwrap(), "REPLACE allowed words"),
+            (
+                regex::Regex::new("^forbidden").unwrap(),
+                "REPLACE allowed words",
+            ),
             // Part headers are not body lines: this never matches them.
-            (regex::Regex::new("^Content-").unwrap(), "REJECT body_checks saw a header"),
+            (
+                regex::Regex::new("^Content-").unwrap(),
+                "REJECT body_checks saw a header",
+            ),
         ])));
         s
     }
@@ -655,10 +702,17 @@ mod tests {
         // boundaries and the rest are intact.
         assert!(!text.contains("secret"), "{text}");
         assert!(text.contains("--inner\r\nContent-Type: text/plain\r\n\r\nallowed words\r\nfine words\r\n--inner--\r\n--outer\r\n"), "{text}");
-        assert!(text.ends_with("QUFB\r\n--outer--\r\nepilogue\r\n"), "{text}");
+        assert!(
+            text.ends_with("QUFB\r\n--outer--\r\nepilogue\r\n"),
+            "{text}"
+        );
         // A part header can reject the whole message.
         assert_eq!(
-            process(&smtp(NESTED, None), &mime_settings("REJECT 5.7.1 no payloads")).unwrap_err(),
+            process(
+                &smtp(NESTED, None),
+                &mime_settings("REJECT 5.7.1 no payloads")
+            )
+            .unwrap_err(),
             Rejected("550 5.7.1 no payloads".into())
         );
         // Past mime_nesting_limit, deeper part headers are body lines (bounded work).
@@ -666,9 +720,15 @@ mod tests {
         s.mime_nesting_limit = 1;
         s.body_checks = None;
         let c = process(&smtp(NESTED, None), &s).unwrap_err();
-        assert_eq!(c, Rejected("550 5.7.1 no payloads".into()), "the outer level is still checked");
+        assert_eq!(
+            c,
+            Rejected("550 5.7.1 no payloads".into()),
+            "the outer level is still checked"
+        );
         let deep = b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Disposition: secret\r\n\r\nx\r\n--b--\r\n--a--\r\n";
         let c = process(&smtp(deep, None), &s).unwrap();
-        assert!(String::from_utf8(c.content).unwrap().contains("Content-Disposition: secret"));
+        assert!(String::from_utf8(c.content)
+            .unwrap()
+            .contains("Content-Disposition: secret"));
     }
 }

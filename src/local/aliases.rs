@@ -120,8 +120,7 @@ impl Source {
     /// Opens one `type:name`; unsupported types (nis:) are reported for a warning and left out.
     pub fn open(spec: &str, alias_format: bool) -> Result<Source, LocalError> {
         let spec = spec.strip_prefix("proxy:").unwrap_or(spec);
-        let (kind, name) =
-            table::split_spec(spec).map_err(|e| LocalError::Table(e.to_string()))?;
+        let (kind, name) = table::split_spec(spec).map_err(|e| LocalError::Table(e.to_string()))?;
         match kind {
             "unix" if name == "passwd.byname" => Ok(Source::Passwd),
             "hash" | "btree" | "lmdb" | "texthash" | "dbm" | "cdb" if alias_format => {
@@ -142,9 +141,7 @@ impl Source {
     pub fn lookup(&self, key: &str) -> Result<Option<String>, LocalError> {
         match self {
             Source::Aliases(f) => f.lookup(key),
-            Source::Table(t) => t
-                .lookup(key)
-                .map_err(|e| LocalError::Table(e.to_string())),
+            Source::Table(t) => t.lookup(key).map_err(|e| LocalError::Table(e.to_string())),
             Source::Passwd => Ok(super::passwd::home(key).map(|h| h.display().to_string())),
         }
     }
@@ -237,10 +234,7 @@ mod tests {
         assert_eq!(m["postmaster"], "root");
         assert_eq!(m["root"], "bob, carol@example.com");
         assert_eq!(m["odd name"], "x");
-        assert_eq!(
-            members(&m["team"]),
-            vec!["|/bin/cat > /dev/null", "/tmp/f"]
-        );
+        assert_eq!(members(&m["team"]), vec!["|/bin/cat > /dev/null", "/tmp/f"]);
         assert_eq!(members("a, <b@c>,, "), vec!["a", "b@c"]);
     }
 }

@@ -46,7 +46,9 @@ pub async fn run(p: &Pipe<'_>, message: Vec<u8>) -> Outcome {
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::deferred("4.3.0", format!("cannot run command {}: {e}", p.command)),
+        Err(e) => {
+            return Outcome::deferred("4.3.0", format!("cannot run command {}: {e}", p.command))
+        }
     };
     let mut stdin = child.stdin.take();
     let mut stdout = child.stdout.take();
@@ -77,8 +79,16 @@ pub async fn run(p: &Pipe<'_>, message: Vec<u8>) -> Outcome {
         };
         let (_, out, err, status) = tokio::join!(
             feed,
-            drain(stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
-            drain(stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+            drain(
+                stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)
+            ),
+            drain(
+                stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)
+            ),
             child.wait()
         );
         let mut text = out;
@@ -99,16 +109,32 @@ pub async fn run(p: &Pipe<'_>, message: Vec<u8>) -> Outcome {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    let with_output = |s: String| if output.is_empty() { s } else { format!("{s}. Command output: {output}") };
+    let with_output = |s: String| {
+        if output.is_empty() {
+            s
+        } else {
+            format!("{s}. Command output: {output}")
+        }
+    };
     match status {
-        Ok(s) if s.success() => Outcome::sent("2.0.0", format!("delivered to command: {}", p.command)),
+        Ok(s) if s.success() => {
+            Outcome::sent("2.0.0", format!("delivered to command: {}", p.command))
+        }
         Ok(s) => match s.code() {
             // sysexits: EX_TEMPFAIL, EX_OSERR, EX_IOERR, EX_CANTCREAT, EX_UNAVAILABLE is permanent.
-            Some(c @ (71 | 74 | 75)) => Outcome::deferred("4.3.0", with_output(format!("Command died with status {c}: \"{}\"", p.command))),
-            Some(c) => Outcome::bounced("5.3.0", with_output(format!("Command died with status {c}: \"{}\"", p.command))),
-            None => Outcome::deferred("4.3.0", with_output(format!("Command killed by signal: \"{}\"", p.command))),
+            Some(c @ (71 | 74 | 75)) => Outcome::deferred(
+                "4.3.0",
+                with_output(format!("Command died with status {c}: \"{}\"", p.command)),
+            ),
+            Some(c) => Outcome::bounced(
+                "5.3.0",
+                with_output(format!("Command died with status {c}: \"{}\"", p.command)),
+            ),
+            None => Outcome::deferred(
+                "4.3.0",
+                with_output(format!("Command killed by signal: \"{}\"", p.command)),
+            ),
         },
         Err(e) => Outcome::deferred("4.3.0", format!("command {}: {e}", p.command)),
     }
 }
-

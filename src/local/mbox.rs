@@ -13,7 +13,11 @@ use std::time::Duration;
 /// The bytes appended for one message (LF line ends, as mbox readers expect).
 pub fn format(sender: &str, recipient: &str, content: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(content.len() + 200);
-    let from = if sender.is_empty() { "MAILER-DAEMON" } else { sender };
+    let from = if sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        sender
+    };
     let date = chrono::Local::now().format("%a %b %e %H:%M:%S %Y");
     let _ = write!(
         buf,
@@ -56,7 +60,9 @@ pub fn append(path: &Path, data: &[u8]) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if !locked {
-        return Err(std::io::Error::other("mailbox is locked by another process"));
+        return Err(std::io::Error::other(
+            "mailbox is locked by another process",
+        ));
     }
     let before = f.metadata()?.len();
     let r = f.write_all(data).and_then(|_| f.sync_all());
@@ -79,8 +85,16 @@ mod tests {
         append(&p, &m).unwrap();
         append(&p, &m).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(text.matches("\nFrom a@b  ").count() + usize::from(text.starts_with("From a@b  ")), 2);
-        assert!(text.contains("Return-Path: <a@b>\nDelivered-To: u@l\nSubject: x\n\n>From here\nok\n\n"), "{text}");
+        assert_eq!(
+            text.matches("\nFrom a@b  ").count() + usize::from(text.starts_with("From a@b  ")),
+            2
+        );
+        assert!(
+            text.contains(
+                "Return-Path: <a@b>\nDelivered-To: u@l\nSubject: x\n\n>From here\nok\n\n"
+            ),
+            "{text}"
+        );
         std::os::unix::fs::symlink(&p, d.path().join("link")).unwrap();
         assert!(append(&d.path().join("link"), b"x").is_err());
     }

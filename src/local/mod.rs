@@ -121,12 +121,16 @@ fn transport_opt(v: String) -> Option<(String, String)> {
 /// luser_relay with main.cf's `$name`s expanded but the per-recipient ones ($user,
 /// $local, $extension, $domain, $recipient) kept for delivery time.
 fn luser_relay(cfg: &Config) -> String {
-    let Some(raw) = cfg.raw("luser_relay") else { return String::new() };
+    let Some(raw) = cfg.raw("luser_relay") else {
+        return String::new();
+    };
     const VARS: [&str; 5] = ["recipient", "extension", "domain", "local", "user"];
     let mut t = raw;
     for (i, v) in VARS.iter().enumerate() {
         let mark = format!("\u{1}{i}\u{1}");
-        t = t.replace(&format!("${{{v}}}"), &mark).replace(&format!("${v}"), &mark);
+        t = t
+            .replace(&format!("${{{v}}}"), &mark)
+            .replace(&format!("${v}"), &mark);
     }
     let mut t = cfg.expand(&t).unwrap_or(t);
     for (i, v) in VARS.iter().enumerate() {
@@ -167,7 +171,9 @@ impl Settings {
             luser_relay: luser_relay(cfg),
             allow_commands: cfg.get_list("allow_mail_to_commands"),
             allow_files: cfg.get_list("allow_mail_to_files"),
-            command_time_limit: cfg.get_time("command_time_limit").max(Duration::from_secs(1)),
+            command_time_limit: cfg
+                .get_time("command_time_limit")
+                .max(Duration::from_secs(1)),
             owner_request_special: cfg.get_bool("owner_request_special"),
             hostname: cfg.get("myhostname"),
             service: service.to_string(),
@@ -178,13 +184,35 @@ impl Settings {
 /// One place a recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
-    Maildir { path: PathBuf, rcpt: String },
-    Mbox { path: PathBuf, rcpt: String },
-    File { path: String, rcpt: String },
-    Command { cmd: String, rcpt: String, user: String, ext: String, domain: String },
+    Maildir {
+        path: PathBuf,
+        rcpt: String,
+    },
+    Mbox {
+        path: PathBuf,
+        rcpt: String,
+    },
+    File {
+        path: String,
+        rcpt: String,
+    },
+    Command {
+        cmd: String,
+        rcpt: String,
+        user: String,
+        ext: String,
+        domain: String,
+    },
     /// A new message to `addr`, from `owner` (or the original sender).
-    Forward { addr: String, owner: Option<String> },
-    Pass { transport: String, nexthop: String, rcpt: String },
+    Forward {
+        addr: String,
+        owner: Option<String>,
+    },
+    Pass {
+        transport: String,
+        nexthop: String,
+        rcpt: String,
+    },
     Fail(Outcome),
 }
 
@@ -243,7 +271,11 @@ impl Expander<'_> {
         let (base, ext) = (base.to_string(), ext.unwrap_or("").to_string());
         if !no_alias && !self.seen.contains(&base) {
             let mut found = None;
-            let keys: Vec<&str> = if ext.is_empty() { vec![&local] } else { vec![&local, &base] };
+            let keys: Vec<&str> = if ext.is_empty() {
+                vec![&local]
+            } else {
+                vec![&local, &base]
+            };
             for k in keys {
                 match self.lookup_alias(k) {
                     Ok(Some(v)) => {
@@ -252,7 +284,10 @@ impl Expander<'_> {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        self.push(Action::Fail(Outcome::deferred("4.3.0", format!("alias lookup of {k}: {e}"))));
+                        self.push(Action::Fail(Outcome::deferred(
+                            "4.3.0",
+                            format!("alias lookup of {k}: {e}"),
+                        )));
                         return;
                     }
                 }
@@ -270,8 +305,19 @@ impl Expander<'_> {
                 };
                 // propagate_unmatched_extensions: an extension the alias did not match
                 // travels on to its address members (team+x → bob+x).
-                let prop = if name == base { ext.clone() } else { String::new() };
-                self.members(&aliases::members(&value), addr, "alias", depth, &owner, &prop);
+                let prop = if name == base {
+                    ext.clone()
+                } else {
+                    String::new()
+                };
+                self.members(
+                    &aliases::members(&value),
+                    addr,
+                    "alias",
+                    depth,
+                    &owner,
+                    &prop,
+                );
                 return;
             }
         }
@@ -279,7 +325,15 @@ impl Expander<'_> {
     }
 
     /// Expands alias members; `class` is `alias` or `include` for the allow_mail_to_* lists.
-    fn members(&mut self, list: &[String], alias: &str, class: &str, depth: usize, owner: &Option<String>, ext: &str) {
+    fn members(
+        &mut self,
+        list: &[String],
+        alias: &str,
+        class: &str,
+        depth: usize,
+        owner: &Option<String>,
+        ext: &str,
+    ) {
         for m in list {
             if let Some(cmd) = m.strip_prefix('|') {
                 if allowed(&self.s.allow_commands, class) {
@@ -288,7 +342,9 @@ impl Expander<'_> {
                         cmd: cmd.trim().to_string(),
                         rcpt: alias.to_string(),
                         user: local.to_string(),
-                        ext: ext.trim_start_matches(|c| self.rw.delimiters().contains(c)).to_string(),
+                        ext: ext
+                            .trim_start_matches(|c| self.rw.delimiters().contains(c))
+                            .to_string(),
                         domain: domain.to_string(),
                     });
                 } else {
@@ -298,7 +354,10 @@ impl Expander<'_> {
                 self.include(path.trim(), alias, depth, owner, ext);
             } else if m.starts_with('/') {
                 if allowed(&self.s.allow_files, class) {
-                    self.push(Action::File { path: m.clone(), rcpt: alias.to_string() });
+                    self.push(Action::File {
+                        path: m.clone(),
+                        rcpt: alias.to_string(),
+                    });
                 } else {
                     self.push(Action::Fail(Outcome::bounced("5.7.1", format!("mail to file is restricted (allow_mail_to_files does not list {class}): {m}"))));
                 }
@@ -321,23 +380,41 @@ impl Expander<'_> {
                 if ours {
                     self.recipient(&a, depth + 1, false);
                 } else {
-                    self.push(Action::Forward { addr: a, owner: owner.clone() });
+                    self.push(Action::Forward {
+                        addr: a,
+                        owner: owner.clone(),
+                    });
                 }
             }
         }
     }
 
-    fn include(&mut self, path: &str, alias: &str, depth: usize, owner: &Option<String>, ext: &str) {
+    fn include(
+        &mut self,
+        path: &str,
+        alias: &str,
+        depth: usize,
+        owner: &Option<String>,
+        ext: &str,
+    ) {
         if !path.starts_with('/') {
-            self.push(Action::Fail(Outcome::bounced("5.3.5", format!(":include: file name must be absolute: {path}"))));
+            self.push(Action::Fail(Outcome::bounced(
+                "5.3.5",
+                format!(":include: file name must be absolute: {path}"),
+            )));
             return;
         }
         if depth >= MAX_DEPTH {
-            self.push(Action::Fail(Outcome::bounced("5.4.6", format!(":include:{path} is nested too deeply"))));
+            self.push(Action::Fail(Outcome::bounced(
+                "5.4.6",
+                format!(":include:{path} is nested too deeply"),
+            )));
             return;
         }
         let text = match std::fs::metadata(path) {
-            Ok(m) if m.len() > aliases::MAX_FILE => Err(format!("larger than {} bytes", aliases::MAX_FILE)),
+            Ok(m) if m.len() > aliases::MAX_FILE => {
+                Err(format!("larger than {} bytes", aliases::MAX_FILE))
+            }
             Ok(_) => std::fs::read(path).map_err(|e| crate::table::strerror(&e)),
             Err(e) => Err(crate::table::strerror(&e)),
         };
@@ -352,23 +429,36 @@ impl Expander<'_> {
                 self.members(&list, alias, "include", depth + 1, owner, ext);
             }
             // A missing or unreadable list is a configuration problem: keep the mail.
-            Err(e) => self.push(Action::Fail(Outcome::deferred("4.3.0", format!("cannot open include file {path}: {e}")))),
+            Err(e) => self.push(Action::Fail(Outcome::deferred(
+                "4.3.0",
+                format!("cannot open include file {path}: {e}"),
+            ))),
         }
     }
 
     /// A hand-over to another agent; never back to this one (that would loop forever).
     fn pass(&mut self, transport: &str, nexthop: &str, addr: &str, param: &str) {
         if transport == self.s.service {
-            self.push(Action::Fail(Outcome::deferred("4.3.5", format!("{param} names the local transport itself ({transport})"))));
+            self.push(Action::Fail(Outcome::deferred(
+                "4.3.5",
+                format!("{param} names the local transport itself ({transport})"),
+            )));
         } else {
-            self.push(Action::Pass { transport: transport.to_string(), nexthop: nexthop.to_string(), rcpt: addr.to_string() });
+            self.push(Action::Pass {
+                transport: transport.to_string(),
+                nexthop: nexthop.to_string(),
+                rcpt: addr.to_string(),
+            });
         }
     }
 
     /// Step 3 and 4: a user's mailbox, or the unknown-user handling.
     fn user(&mut self, addr: &str, base: &str, ext: &str, domain: &str) {
         if base.is_empty() || base.contains('/') || base.starts_with('.') || base.contains('\0') {
-            self.push(Action::Fail(Outcome::bounced("5.1.3", format!("unsafe local user name: \"{base}\""))));
+            self.push(Action::Fail(Outcome::bounced(
+                "5.1.3",
+                format!("unsafe local user name: \"{base}\""),
+            )));
             return;
         }
         let known = if self.s.recipients.is_empty() {
@@ -379,7 +469,10 @@ impl Expander<'_> {
         let known = match known {
             Ok(k) => k.is_some(),
             Err(e) => {
-                self.push(Action::Fail(Outcome::deferred("4.3.0", format!("local_recipient_maps lookup of {base}: {e}"))));
+                self.push(Action::Fail(Outcome::deferred(
+                    "4.3.0",
+                    format!("local_recipient_maps lookup of {base}: {e}"),
+                )));
                 return;
             }
         };
@@ -394,7 +487,10 @@ impl Expander<'_> {
             };
             let hm = self.s.home_mailbox.trim();
             if hm.is_empty() {
-                self.push(Action::Mbox { path: self.s.mail_spool_directory.join(base), rcpt: addr.to_string() });
+                self.push(Action::Mbox {
+                    path: self.s.mail_spool_directory.join(base),
+                    rcpt: addr.to_string(),
+                });
                 return;
             }
             let Some(home) = home else {
@@ -402,14 +498,23 @@ impl Expander<'_> {
                 return;
             };
             if hm.split('/').any(|c| c == "..") {
-                self.push(Action::Fail(Outcome::deferred("4.3.5", format!("unsafe home_mailbox {hm}"))));
+                self.push(Action::Fail(Outcome::deferred(
+                    "4.3.5",
+                    format!("unsafe home_mailbox {hm}"),
+                )));
                 return;
             }
             let path = home.join(hm.trim_start_matches('/'));
             if hm.ends_with('/') {
-                self.push(Action::Maildir { path, rcpt: addr.to_string() });
+                self.push(Action::Maildir {
+                    path,
+                    rcpt: addr.to_string(),
+                });
             } else {
-                self.push(Action::Mbox { path, rcpt: addr.to_string() });
+                self.push(Action::Mbox {
+                    path,
+                    rcpt: addr.to_string(),
+                });
             }
             return;
         }
@@ -419,17 +524,34 @@ impl Expander<'_> {
             let delim = ext.trim_start_matches(|c| self.rw.delimiters().contains(c));
             let (local, _) = addr.rsplit_once('@').unwrap_or((addr, ""));
             let mut v = self.s.luser_relay.trim().to_string();
-            for (k, val) in [("recipient", addr), ("extension", delim), ("domain", domain), ("local", local), ("user", base)] {
-                v = v.replace(&format!("${{{k}}}"), val).replace(&format!("${k}"), val);
+            for (k, val) in [
+                ("recipient", addr),
+                ("extension", delim),
+                ("domain", domain),
+                ("local", local),
+                ("user", base),
+            ] {
+                v = v
+                    .replace(&format!("${{{k}}}"), val)
+                    .replace(&format!("${k}"), val);
             }
             let a = self.rw.canonicalize(&v);
             if a.eq_ignore_ascii_case(addr) {
-                self.push(Action::Fail(Outcome::bounced("5.4.6", format!("luser_relay {a} points back to the unknown user"))));
+                self.push(Action::Fail(Outcome::bounced(
+                    "5.4.6",
+                    format!("luser_relay {a} points back to the unknown user"),
+                )));
             } else {
-                self.push(Action::Forward { addr: a, owner: None });
+                self.push(Action::Forward {
+                    addr: a,
+                    owner: None,
+                });
             }
         } else {
-            self.push(Action::Fail(Outcome::bounced("5.1.1", format!("unknown user: \"{base}\""))));
+            self.push(Action::Fail(Outcome::bounced(
+                "5.1.1",
+                format!("unknown user: \"{base}\""),
+            )));
         }
     }
 }
@@ -444,7 +566,13 @@ pub struct LocalTransport {
 
 /// What to do for one recipient (decided off the async workers: lookups block).
 fn plan(s: &Settings, rw: &Rewriter, content: &[u8], address: &str) -> Vec<Action> {
-    let mut e = Expander { s, rw, content, seen: HashSet::new(), out: Vec::new() };
+    let mut e = Expander {
+        s,
+        rw,
+        content,
+        seen: HashSet::new(),
+        out: Vec::new(),
+    };
     e.recipient(address, 0, false);
     e.out
 }
@@ -459,7 +587,10 @@ fn combine(outs: Vec<Outcome>) -> Outcome {
     }
     match outs.len() {
         0 => Outcome::bounced("5.3.0", "alias expands to nothing"),
-        1 => outs.into_iter().next().unwrap_or_else(|| Outcome::sent("2.0.0", "delivered")),
+        1 => outs
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Outcome::sent("2.0.0", "delivered")),
         _ => {
             let texts: Vec<String> = outs.iter().map(|o| o.text().to_string()).collect();
             Outcome::sent("2.0.0", texts.join("; "))
@@ -468,7 +599,13 @@ fn combine(outs: Vec<Outcome>) -> Outcome {
 }
 
 impl LocalTransport {
-    pub fn new(cfg: &Config, service: &str, rewriter: Arc<dyn Fn() -> Arc<Rewriter> + Send + Sync>, queue: Queue, agents: AgentTable) -> Self {
+    pub fn new(
+        cfg: &Config,
+        service: &str,
+        rewriter: Arc<dyn Fn() -> Arc<Rewriter> + Send + Sync>,
+        queue: Queue,
+        agents: AgentTable,
+    ) -> Self {
         LocalTransport {
             settings: Arc::new(RwLock::new(Arc::new(Settings::from_config(cfg, service)))),
             rewriter,
@@ -478,19 +615,32 @@ impl LocalTransport {
     }
 
     fn settings(&self) -> Arc<Settings> {
-        self.settings.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.settings
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 }
 
 /// Commits one forwarded copy: `Delivered-To: <alias>` first, the original content after.
-async fn forward(queue: &Queue, job: &Job, r: &JobRcpt, sender: String, addrs: Vec<String>) -> Outcome {
+async fn forward(
+    queue: &Queue,
+    job: &Job,
+    r: &JobRcpt,
+    sender: String,
+    addrs: Vec<String>,
+) -> Outcome {
     let mut content = format!("Delivered-To: {}\r\n", r.address).into_bytes();
     content.extend_from_slice(&job.content);
     let recipients = addrs
         .into_iter()
         .map(|a| {
             let mut rc = Recipient::new(a);
-            rc.original = if r.original.is_empty() { r.address.clone() } else { r.original.clone() };
+            rc.original = if r.original.is_empty() {
+                r.address.clone()
+            } else {
+                r.original.clone()
+            };
             rc.notify = r.notify;
             rc
         })
@@ -505,7 +655,11 @@ async fn forward(queue: &Queue, job: &Job, r: &JobRcpt, sender: String, addrs: V
             smtputf8: job.smtputf8,
             ..Default::default()
         },
-        origin: Origin { protocol: "local".into(), service: "local".into(), ..Default::default() },
+        origin: Origin {
+            protocol: "local".into(),
+            service: "local".into(),
+            ..Default::default()
+        },
         meta: Default::default(),
     };
     match queue.enqueue(QueueName::Incoming, rec, content).await {
@@ -524,12 +678,23 @@ impl Transport for LocalTransport {
             let mut out = Vec::with_capacity(job.recipients.len());
             for r in &job.recipients {
                 let started = std::time::SystemTime::now();
-                let (s2, rw2, content, addr) = (s.clone(), rw.clone(), job.content.clone(), r.address.clone());
+                let (s2, rw2, content, addr) = (
+                    s.clone(),
+                    rw.clone(),
+                    job.content.clone(),
+                    r.address.clone(),
+                );
                 let actions = tokio::task::spawn_blocking(move || plan(&s2, &rw2, &content, &addr))
                     .await
-                    .unwrap_or_else(|e| vec![Action::Fail(Outcome::deferred("4.3.0", format!("local delivery failed: {e}")))]);
+                    .unwrap_or_else(|e| {
+                        vec![Action::Fail(Outcome::deferred(
+                            "4.3.0",
+                            format!("local delivery failed: {e}"),
+                        ))]
+                    });
                 // A recipient handed whole to another agent is logged by that agent.
-                let only_pass = !actions.is_empty() && actions.iter().all(|a| matches!(a, Action::Pass { .. }));
+                let only_pass =
+                    !actions.is_empty() && actions.iter().all(|a| matches!(a, Action::Pass { .. }));
                 let mut outs = Vec::new();
                 // Forwarded addresses go out as one new message per envelope sender.
                 let mut forwards: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -548,34 +713,87 @@ impl Transport for LocalTransport {
                             continue;
                         }
                         Action::Maildir { path, rcpt } => {
-                            let (content, sender, host) = (job.content.clone(), job.sender.clone(), s.hostname.clone());
-                            tokio::task::spawn_blocking(move || maildir::deliver(&maildir::Delivery { maildir: &path, sender: &sender, recipient: &rcpt, content: &content, hostname: &host }))
-                                .await
-                                .unwrap_or_else(|e| Outcome::deferred("4.3.0", format!("maildir delivery failed: {e}")))
+                            let (content, sender, host) =
+                                (job.content.clone(), job.sender.clone(), s.hostname.clone());
+                            tokio::task::spawn_blocking(move || {
+                                maildir::deliver(&maildir::Delivery {
+                                    maildir: &path,
+                                    sender: &sender,
+                                    recipient: &rcpt,
+                                    content: &content,
+                                    hostname: &host,
+                                })
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                Outcome::deferred("4.3.0", format!("maildir delivery failed: {e}"))
+                            })
                         }
-                        Action::Mbox { path, rcpt } => mbox_deliver(&job, path, rcpt, "delivered to mailbox").await,
+                        Action::Mbox { path, rcpt } => {
+                            mbox_deliver(&job, path, rcpt, "delivered to mailbox").await
+                        }
                         Action::File { path, rcpt } => {
                             if passwd::is_root() {
-                                Outcome::bounced("5.7.1", format!("relais does not deliver to files as root: {path}"))
+                                Outcome::bounced(
+                                    "5.7.1",
+                                    format!("relais does not deliver to files as root: {path}"),
+                                )
                             } else if path.ends_with('/') {
-                                let (content, sender, host) = (job.content.clone(), job.sender.clone(), s.hostname.clone());
-                                tokio::task::spawn_blocking(move || maildir::deliver(&maildir::Delivery { maildir: std::path::Path::new(&path), sender: &sender, recipient: &rcpt, content: &content, hostname: &host }))
-                                    .await
-                                    .unwrap_or_else(|e| Outcome::deferred("4.3.0", format!("file delivery failed: {e}")))
+                                let (content, sender, host) =
+                                    (job.content.clone(), job.sender.clone(), s.hostname.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    maildir::deliver(&maildir::Delivery {
+                                        maildir: std::path::Path::new(&path),
+                                        sender: &sender,
+                                        recipient: &rcpt,
+                                        content: &content,
+                                        hostname: &host,
+                                    })
+                                })
+                                .await
+                                .unwrap_or_else(|e| {
+                                    Outcome::deferred("4.3.0", format!("file delivery failed: {e}"))
+                                })
                             } else {
                                 let what = format!("delivered to file: {path}");
                                 mbox_deliver(&job, PathBuf::from(path), rcpt, &what).await
                             }
                         }
-                        Action::Command { cmd, rcpt, user, ext, domain } => {
+                        Action::Command {
+                            cmd,
+                            rcpt,
+                            user,
+                            ext,
+                            domain,
+                        } => {
                             if passwd::is_root() {
-                                Outcome::bounced("5.7.1", format!("relais does not run alias commands as root: {cmd}"))
+                                Outcome::bounced(
+                                    "5.7.1",
+                                    format!("relais does not run alias commands as root: {cmd}"),
+                                )
                             } else {
                                 let msg = maildir_text(&job.sender, &rcpt, &job.content);
-                                command::run(&command::Pipe { command: &cmd, sender: &job.sender, recipient: &rcpt, user: &user, extension: &ext, domain: &domain, home: "/", timeout: s.command_time_limit }, msg).await
+                                command::run(
+                                    &command::Pipe {
+                                        command: &cmd,
+                                        sender: &job.sender,
+                                        recipient: &rcpt,
+                                        user: &user,
+                                        extension: &ext,
+                                        domain: &domain,
+                                        home: "/",
+                                        timeout: s.command_time_limit,
+                                    },
+                                    msg,
+                                )
+                                .await
                             }
                         }
-                        Action::Pass { transport, nexthop, rcpt } => pass(&agents, &job, r, transport, nexthop, rcpt).await,
+                        Action::Pass {
+                            transport,
+                            nexthop,
+                            rcpt,
+                        } => pass(&agents, &job, r, transport, nexthop, rcpt).await,
                     };
                     outs.push(o);
                 }
@@ -614,34 +832,61 @@ async fn mbox_deliver(job: &Job, path: PathBuf, rcpt: String, what: &str) -> Out
     let what = what.to_string();
     tokio::task::spawn_blocking(move || match mbox::append(&path, &data) {
         Ok(()) => Outcome::sent("2.0.0", what),
-        Err(e) => Outcome::deferred("4.2.0", format!("cannot update mailbox {}: {}", path.display(), crate::table::strerror(&e))),
+        Err(e) => Outcome::deferred(
+            "4.2.0",
+            format!(
+                "cannot update mailbox {}: {}",
+                path.display(),
+                crate::table::strerror(&e)
+            ),
+        ),
     })
     .await
     .unwrap_or_else(|e| Outcome::deferred("4.3.0", format!("mailbox delivery failed: {e}")))
 }
 
 /// Hands one recipient to another delivery agent (mailbox_transport, fallback_transport).
-async fn pass(agents: &AgentTable, job: &Job, r: &JobRcpt, transport: String, nexthop: String, rcpt: String) -> Outcome {
-    let agent = agents.read().ok().and_then(|t| t.get(&transport).map(|(a, _)| a.clone()));
+async fn pass(
+    agents: &AgentTable,
+    job: &Job,
+    r: &JobRcpt,
+    transport: String,
+    nexthop: String,
+    rcpt: String,
+) -> Outcome {
+    let agent = agents
+        .read()
+        .ok()
+        .and_then(|t| t.get(&transport).map(|(a, _)| a.clone()));
     let Some(agent) = agent else {
         return Outcome::deferred("4.3.0", format!("mail transport unavailable: {transport}"));
     };
     let nexthop = if nexthop.is_empty() {
-        rcpt.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default()
+        rcpt.rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default()
     } else {
         nexthop
     };
     let mut sub = job.clone();
     sub.transport = transport.clone();
     sub.nexthop = nexthop;
-    sub.recipients = vec![JobRcpt { address: rcpt, ..r.clone() }];
+    sub.recipients = vec![JobRcpt {
+        address: rcpt,
+        ..r.clone()
+    }];
     match agent.send(Deliver(sub)).await {
         Ok(v) => v
             .into_iter()
             .find(|(i, _)| *i == r.index)
             .map(|(_, o)| o)
-            .unwrap_or_else(|| Outcome::deferred("4.3.0", format!("{transport} reported no result"))),
-        Err(e) => Outcome::deferred("4.3.0", format!("mail transport unavailable: {transport}: {e}")),
+            .unwrap_or_else(|| {
+                Outcome::deferred("4.3.0", format!("{transport} reported no result"))
+            }),
+        Err(e) => Outcome::deferred(
+            "4.3.0",
+            format!("mail transport unavailable: {transport}: {e}"),
+        ),
     }
 }
 

@@ -14,7 +14,13 @@ pub fn home(name: &str) -> Option<PathBuf> {
     // SAFETY: every pointer is valid for the call; getpwnam_r writes strings into `buf`
     // only, and `result` is either null or points at `pw`.
     let rc = unsafe {
-        libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result)
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
     };
     if rc != 0 || result.is_null() || pw.pw_dir.is_null() {
         return None;

@@ -38,7 +38,11 @@ fn std_env(extra: &str) -> Env {
     let e = env(extra, &[("users", USERS)]);
     let d = e.dir.path().display().to_string();
     std::fs::write(e.dir.path().join("aliases"), ALIASES.replace("@DIR@", &d)).unwrap();
-    std::fs::write(e.dir.path().join("list"), "# members\nalice\nremote@remote.example, bob\n").unwrap();
+    std::fs::write(
+        e.dir.path().join("list"),
+        "# members\nalice\nremote@remote.example, bob\n",
+    )
+    .unwrap();
     e
 }
 
@@ -49,53 +53,111 @@ fn maildir_of(e: &Env, user: &str) -> PathBuf {
 #[test]
 fn users_aliases_and_extensions() {
     let e = std_env("");
-    let bob = Action::Maildir { path: maildir_of(&e, "bob"), rcpt: "bob@mail.example".into() };
+    let bob = Action::Maildir {
+        path: maildir_of(&e, "bob"),
+        rcpt: "bob@mail.example".into(),
+    };
     assert_eq!(plan_of(&e, "bob@mail.example", b""), vec![bob.clone()]);
     // user+ext: the user's mailbox, Delivered-To keeps the full address.
     assert_eq!(
         plan_of(&e, "bob+tag@mail.example", b""),
-        vec![Action::Maildir { path: maildir_of(&e, "bob"), rcpt: "bob+tag@mail.example".into() }]
+        vec![Action::Maildir {
+            path: maildir_of(&e, "bob"),
+            rcpt: "bob+tag@mail.example".into()
+        }]
     );
     // Recursive local aliases expand in place.
-    assert_eq!(plan_of(&e, "postmaster@mail.example", b""), vec![bob.clone()]);
-    assert_eq!(plan_of(&e, "PostMaster@localhost", b""), vec![Action::Maildir { path: maildir_of(&e, "bob"), rcpt: "bob@mail.example".into() }]);
+    assert_eq!(
+        plan_of(&e, "postmaster@mail.example", b""),
+        vec![bob.clone()]
+    );
+    assert_eq!(
+        plan_of(&e, "PostMaster@localhost", b""),
+        vec![Action::Maildir {
+            path: maildir_of(&e, "bob"),
+            rcpt: "bob@mail.example".into()
+        }]
+    );
     // Remote members are forwarded, with owner-team as the envelope sender.
     let team = plan_of(&e, "team@mail.example", b"");
     assert_eq!(
         team,
         vec![
             bob.clone(),
-            Action::Forward { addr: "carol@remote.example".into(), owner: Some("owner-team@mail.example".into()) },
-            Action::Maildir { path: maildir_of(&e, "alice"), rcpt: "alice@mail.example".into() },
+            Action::Forward {
+                addr: "carol@remote.example".into(),
+                owner: Some("owner-team@mail.example".into())
+            },
+            Action::Maildir {
+                path: maildir_of(&e, "alice"),
+                rcpt: "alice@mail.example".into()
+            },
         ]
     );
     // :include: lists.
     let list = plan_of(&e, "list@mail.example", b"");
     assert_eq!(list.len(), 3, "{list:?}");
-    assert!(list.contains(&Action::Forward { addr: "remote@remote.example".into(), owner: None }));
+    assert!(list.contains(&Action::Forward {
+        addr: "remote@remote.example".into(),
+        owner: None
+    }));
     // An alias naming itself delivers to the user's own mailbox (no loop).
     let s = plan_of(&e, "self@mail.example", b"");
-    assert_eq!(s, vec![Action::Maildir { path: maildir_of(&e, "self"), rcpt: "self@mail.example".into() }, bob]);
+    assert_eq!(
+        s,
+        vec![
+            Action::Maildir {
+                path: maildir_of(&e, "self"),
+                rcpt: "self@mail.example".into()
+            },
+            bob
+        ]
+    );
 }
 
 #[test]
 fn unknown_users_loops_and_restrictions() {
     let e = std_env("");
     let p = plan_of(&e, "nobody@mail.example", b"");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Bounced { dsn, reason })] if dsn == "5.1.1" && reason == "unknown user: \"nobody\""), "{p:?}");
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Bounced { dsn, reason })] if dsn == "5.1.1" && reason == "unknown user: \"nobody\""),
+        "{p:?}"
+    );
     let p = plan_of(&e, "loopy@mail.example", b"");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Bounced { .. })]), "{p:?}");
-    let p = plan_of(&e, "bob@mail.example", b"Delivered-To: bob@mail.example\r\n\r\nx\r\n");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Bounced { dsn, .. })] if dsn == "5.4.6"), "{p:?}");
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Bounced { .. })]),
+        "{p:?}"
+    );
+    let p = plan_of(
+        &e,
+        "bob@mail.example",
+        b"Delivered-To: bob@mail.example\r\n\r\nx\r\n",
+    );
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Bounced { dsn, .. })] if dsn == "5.4.6"),
+        "{p:?}"
+    );
     // Commands and files allowed for aliases by default…
-    assert!(matches!(&plan_of(&e, "pipe@mail.example", b"")[..], [Action::Command { .. }]));
-    assert!(matches!(&plan_of(&e, "file@mail.example", b"")[..], [Action::File { .. }]));
+    assert!(matches!(
+        &plan_of(&e, "pipe@mail.example", b"")[..],
+        [Action::Command { .. }]
+    ));
+    assert!(matches!(
+        &plan_of(&e, "file@mail.example", b"")[..],
+        [Action::File { .. }]
+    ));
     // …refused with a clear bounce when the class is not allowed.
     let e = std_env("allow_mail_to_commands = forward\nallow_mail_to_files =\n");
     let p = plan_of(&e, "pipe@mail.example", b"");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Bounced { reason, .. })] if reason.contains("mail to command is restricted")), "{p:?}");
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Bounced { reason, .. })] if reason.contains("mail to command is restricted")),
+        "{p:?}"
+    );
     let p = plan_of(&e, "file@mail.example", b"");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Bounced { reason, .. })] if reason.contains("mail to file is restricted")), "{p:?}");
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Bounced { reason, .. })] if reason.contains("mail to file is restricted")),
+        "{p:?}"
+    );
     // Unsafe user names never become paths.
     let p = plan_of(&e, "../etc@mail.example", b"");
     assert!(matches!(&p[..], [Action::Fail(_)]), "{p:?}");
@@ -106,40 +168,66 @@ fn luser_relay_fallback_and_mailbox_transport() {
     let e = std_env("luser_relay = catchall+$user@remote.example\n");
     assert_eq!(
         plan_of(&e, "nobody+x@mail.example", b""),
-        vec![Action::Forward { addr: "catchall+nobody@remote.example".into(), owner: None }]
+        vec![Action::Forward {
+            addr: "catchall+nobody@remote.example".into(),
+            owner: None
+        }]
     );
     let e = std_env("luser_relay = x@remote.example\nfallback_transport = lmtp:unix:/run/lmtp\n");
     assert_eq!(
         plan_of(&e, "nobody@mail.example", b""),
-        vec![Action::Pass { transport: "lmtp".into(), nexthop: "unix:/run/lmtp".into(), rcpt: "nobody@mail.example".into() }]
+        vec![Action::Pass {
+            transport: "lmtp".into(),
+            nexthop: "unix:/run/lmtp".into(),
+            rcpt: "nobody@mail.example".into()
+        }]
     );
     let e = std_env("mailbox_transport = lmtp:inet:127.0.0.1:24\n");
     assert_eq!(
         plan_of(&e, "bob@mail.example", b""),
-        vec![Action::Pass { transport: "lmtp".into(), nexthop: "inet:127.0.0.1:24".into(), rcpt: "bob@mail.example".into() }]
+        vec![Action::Pass {
+            transport: "lmtp".into(),
+            nexthop: "inet:127.0.0.1:24".into(),
+            rcpt: "bob@mail.example".into()
+        }]
     );
     let e = std_env("mailbox_transport = local\n");
     let p = plan_of(&e, "bob@mail.example", b"");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Deferred { .. })]), "{p:?}");
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Deferred { .. })]),
+        "{p:?}"
+    );
     // Empty home_mailbox: the mail spool's mbox file.
     let e = std_env("home_mailbox =\nmail_spool_directory = /var/spool/mail\n");
     assert_eq!(
         plan_of(&e, "bob@mail.example", b""),
-        vec![Action::Mbox { path: PathBuf::from("/var/spool/mail/bob"), rcpt: "bob@mail.example".into() }]
+        vec![Action::Mbox {
+            path: PathBuf::from("/var/spool/mail/bob"),
+            rcpt: "bob@mail.example".into()
+        }]
     );
 }
 
 #[test]
 fn passwd_users_without_local_mailbox_base() {
     // The system password database knows root; relais maps it to ~root/Maildir/.
-    let e = env("local_mailbox_base =\nlocal_recipient_maps = proxy:unix:passwd.byname\nalias_maps =\n", &[]);
+    let e = env(
+        "local_mailbox_base =\nlocal_recipient_maps = proxy:unix:passwd.byname\nalias_maps =\n",
+        &[],
+    );
     let home = passwd::home("root").unwrap();
     assert_eq!(
         plan_of(&e, "root@localhost", b""),
-        vec![Action::Maildir { path: home.join("Maildir/"), rcpt: "root@localhost".into() }]
+        vec![Action::Maildir {
+            path: home.join("Maildir/"),
+            rcpt: "root@localhost".into()
+        }]
     );
     let p = plan_of(&e, "no-such-user-relais@localhost", b"");
-    assert!(matches!(&p[..], [Action::Fail(Outcome::Bounced { .. })]), "{p:?}");
+    assert!(
+        matches!(&p[..], [Action::Fail(Outcome::Bounced { .. })]),
+        "{p:?}"
+    );
 }
 
 fn job(rcpts: &[&str], content: &[u8]) -> Job {
@@ -151,7 +239,12 @@ fn job(rcpts: &[&str], content: &[u8]) -> Job {
         recipients: rcpts
             .iter()
             .enumerate()
-            .map(|(i, a)| JobRcpt { index: i, address: a.to_string(), original: a.to_string(), ..Default::default() })
+            .map(|(i, a)| JobRcpt {
+                index: i,
+                address: a.to_string(),
+                original: a.to_string(),
+                ..Default::default()
+            })
             .collect(),
         content: Arc::new(content.to_vec()),
         ret: None,
@@ -181,7 +274,17 @@ async fn delivers_forwards_and_runs_commands() {
         agents: Default::default(),
     };
     let out = t
-        .deliver(job(&["team@mail.example", "pipe2@mail.example", "fail@mail.example", "temp@mail.example", "file@mail.example", "ghost@mail.example"], b"Subject: s\r\n\r\nFrom me\r\n"))
+        .deliver(job(
+            &[
+                "team@mail.example",
+                "pipe2@mail.example",
+                "fail@mail.example",
+                "temp@mail.example",
+                "file@mail.example",
+                "ghost@mail.example",
+            ],
+            b"Subject: s\r\n\r\nFrom me\r\n",
+        ))
         .await;
     let by: std::collections::HashMap<usize, Outcome> = out.into_iter().collect();
     if passwd::is_root() {
@@ -190,9 +293,15 @@ async fn delivers_forwards_and_runs_commands() {
         return;
     }
     // team: bob's and alice's Maildirs, and one forwarded message from owner-team.
-    assert!(matches!(&by[&0], Outcome::Sent { detail, .. } if detail.contains("forwarded as ")), "{:?}", by[&0]);
+    assert!(
+        matches!(&by[&0], Outcome::Sent { detail, .. } if detail.contains("forwarded as ")),
+        "{:?}",
+        by[&0]
+    );
     for u in ["bob", "alice"] {
-        let n = std::fs::read_dir(maildir_of(&e, u).join("new")).unwrap().count();
+        let n = std::fs::read_dir(maildir_of(&e, u).join("new"))
+            .unwrap()
+            .count();
         assert_eq!(n, 1, "{u}");
     }
     let fwd = queue.list(QueueName::Incoming).await.unwrap();
@@ -207,11 +316,24 @@ async fn delivers_forwards_and_runs_commands() {
     assert!(matches!(by[&1], Outcome::Sent { .. }), "{:?}", by[&1]);
     let piped = std::fs::read_to_string(&out_file).unwrap();
     assert_eq!(piped, "Return-Path: <alice@remote.example>\nDelivered-To: pipe2@mail.example\nSubject: s\n\nFrom me\npipe2@mail.example\n");
-    assert!(matches!(&by[&2], Outcome::Bounced { reason, .. } if reason.contains("status 67") && reason.contains("no such mailbox")), "{:?}", by[&2]);
+    assert!(
+        matches!(&by[&2], Outcome::Bounced { reason, .. } if reason.contains("status 67") && reason.contains("no such mailbox")),
+        "{:?}",
+        by[&2]
+    );
     assert!(matches!(by[&3], Outcome::Deferred { .. }), "{:?}", by[&3]);
     // file: an mbox with From_ quoting.
     assert!(matches!(by[&4], Outcome::Sent { .. }), "{:?}", by[&4]);
     let mbox = std::fs::read_to_string(e.dir.path().join("filebox")).unwrap();
-    assert!(mbox.starts_with("From alice@remote.example  ") && mbox.contains("\nDelivered-To: file@mail.example\n") && mbox.contains("\n>From me\n"), "{mbox}");
-    assert!(matches!(&by[&5], Outcome::Bounced { dsn, .. } if dsn == "5.1.1"), "{:?}", by[&5]);
+    assert!(
+        mbox.starts_with("From alice@remote.example  ")
+            && mbox.contains("\nDelivered-To: file@mail.example\n")
+            && mbox.contains("\n>From me\n"),
+        "{mbox}"
+    );
+    assert!(
+        matches!(&by[&5], Outcome::Bounced { dsn, .. } if dsn == "5.1.1"),
+        "{:?}",
+        by[&5]
+    );
 }

@@ -112,7 +112,12 @@ pub struct Dests {
 
 impl Dests {
     /// Queues a job; a dead destination hands it back with the dsn and reason to defer it.
-    pub fn push(&mut self, key: DestKey, job: Job, policy: &Policy) -> Result<(), (Job, String, String)> {
+    pub fn push(
+        &mut self,
+        key: DestKey,
+        job: Job,
+        policy: &Policy,
+    ) -> Result<(), (Job, String, String)> {
         if let Some((until, dsn, reason)) = self.dead.get(&key) {
             if Instant::now() < *until {
                 return Err((job, dsn.clone(), reason.clone()));
@@ -200,9 +205,17 @@ impl Dests {
                     d.fail_cohorts += 1.0 / d.window.max(1) as f64;
                     if p.failed_cohort_limit > 0 && d.fail_cohorts >= p.failed_cohort_limit as f64 {
                         let until = Instant::now() + p.suspend;
-                        let dsn = if dsn.starts_with('4') { dsn } else { "4.0.0".to_string() };
+                        let dsn = if dsn.starts_with('4') {
+                            dsn
+                        } else {
+                            "4.0.0".to_string()
+                        };
                         let reason = format!("delivery temporarily suspended: {reason}");
-                        drained = d.jobs.drain(..).map(|j| (j, dsn.clone(), reason.clone())).collect();
+                        drained = d
+                            .jobs
+                            .drain(..)
+                            .map(|j| (j, dsn.clone(), reason.clone()))
+                            .collect();
                         // Back to the start when the suspension is over.
                         d.window = p.initial.clamp(1, p.limit.max(1));
                         d.fail_cohorts = 0.0;
@@ -232,7 +245,9 @@ impl Dests {
     }
 
     pub fn is_dead(&self, key: &DestKey) -> bool {
-        self.dead.get(key).is_some_and(|(u, _, _)| Instant::now() < *u)
+        self.dead
+            .get(key)
+            .is_some_and(|(u, _, _)| Instant::now() < *u)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -265,7 +280,10 @@ mod tests {
     }
 
     fn key() -> DestKey {
-        DestKey { transport: "smtp".into(), nexthop: "x".into() }
+        DestKey {
+            transport: "smtp".into(),
+            nexthop: "x".into(),
+        }
     }
 
     fn fill(d: &mut Dests, n: usize, p: &Policy) {
@@ -276,7 +294,10 @@ mod tests {
 
     #[test]
     fn feedback_syntax() {
-        assert_eq!(Feedback::parse("1/concurrency"), Some(Feedback::PerWindow(1.0)));
+        assert_eq!(
+            Feedback::parse("1/concurrency"),
+            Some(Feedback::PerWindow(1.0))
+        );
         assert_eq!(Feedback::parse("1/4"), Some(Feedback::Fixed(0.25)));
         assert_eq!(Feedback::parse("1"), Some(Feedback::Fixed(1.0)));
         assert_eq!(Feedback::parse("x"), None);
@@ -285,7 +306,11 @@ mod tests {
 
     #[test]
     fn slow_start_grows_one_per_window_of_successes() {
-        let p = Policy { initial: 2, limit: 5, ..Default::default() };
+        let p = Policy {
+            initial: 2,
+            limit: 5,
+            ..Default::default()
+        };
         let mut d = Dests::default();
         fill(&mut d, 100, &p);
         let mut started = 0;
@@ -305,13 +330,21 @@ mod tests {
 
     #[test]
     fn failures_shrink_then_kill_the_destination() {
-        let p = Policy { initial: 4, limit: 20, failed_cohort_limit: 1, ..Default::default() };
+        let p = Policy {
+            initial: 4,
+            limit: 20,
+            failed_cohort_limit: 1,
+            ..Default::default()
+        };
         let mut d = Dests::default();
         fill(&mut d, 10, &p);
         for _ in 0..4 {
             d.next(&|_| 0).unwrap();
         }
-        let fail = || Feedback2::Failed { dsn: "4.4.1".into(), reason: "connect to x[192.0.2.1]:25: Connection refused".into() };
+        let fail = || Feedback2::Failed {
+            dsn: "4.4.1".into(),
+            reason: "connect to x[192.0.2.1]:25: Connection refused".into(),
+        };
         // Windows 4 → 3 → 3 → 2 (negative feedback 1/concurrency with half-step rounding);
         // failed cohorts 1/4 + 1/3 + 1/3 + 1/2 ≥ 1 at the fourth failure: dead.
         for w in [3, 3, 2] {
@@ -321,14 +354,22 @@ mod tests {
         let drained = d.done(&key(), fail());
         assert_eq!(drained.len(), 6, "every waiting job is deferred at once");
         assert_eq!(drained[0].1, "4.4.1");
-        assert_eq!(drained[0].2, "delivery temporarily suspended: connect to x[192.0.2.1]:25: Connection refused");
+        assert_eq!(
+            drained[0].2,
+            "delivery temporarily suspended: connect to x[192.0.2.1]:25: Connection refused"
+        );
         assert!(d.is_dead(&key()));
         // New jobs for a dead destination are refused without an attempt.
         let e = d.push(key(), job("NEW"), &p).unwrap_err();
         assert!(e.2.starts_with("delivery temporarily suspended"));
         // A success before the cohort fills resets the count.
         let mut d = Dests::default();
-        let p = Policy { initial: 1, limit: 20, failed_cohort_limit: 2, ..Default::default() };
+        let p = Policy {
+            initial: 1,
+            limit: 20,
+            failed_cohort_limit: 2,
+            ..Default::default()
+        };
         fill(&mut d, 3, &p);
         d.next(&|_| 0).unwrap();
         assert!(d.done(&key(), fail()).is_empty());
@@ -341,11 +382,21 @@ mod tests {
 
     #[test]
     fn suspension_ends() {
-        let p = Policy { initial: 1, suspend: Duration::from_millis(0), ..Default::default() };
+        let p = Policy {
+            initial: 1,
+            suspend: Duration::from_millis(0),
+            ..Default::default()
+        };
         let mut d = Dests::default();
         fill(&mut d, 1, &p);
         d.next(&|_| 0).unwrap();
-        d.done(&key(), Feedback2::Failed { dsn: "4.4.1".into(), reason: "r".into() });
+        d.done(
+            &key(),
+            Feedback2::Failed {
+                dsn: "4.4.1".into(),
+                reason: "r".into(),
+            },
+        );
         assert!(d.push(key(), job("A"), &p).is_ok());
     }
 }

@@ -65,9 +65,14 @@ impl Settings {
         let mut per_transport = HashMap::new();
         let mut policies = HashMap::new();
         let fb = |name: &str, fallback: &str| {
-            let v = cfg.raw(name).and_then(|v| cfg.expand(&v).ok()).unwrap_or_else(|| fallback.to_string());
+            let v = cfg
+                .raw(name)
+                .and_then(|v| cfg.expand(&v).ok())
+                .unwrap_or_else(|| fallback.to_string());
             Feedback::parse(&v).unwrap_or_else(|| {
-                tracing::warn!("{name} = {v}: expected 1/concurrency or a number; using 1/concurrency");
+                tracing::warn!(
+                    "{name} = {v}: expected 1/concurrency or a number; using 1/concurrency"
+                );
                 Feedback::PerWindow(1.0)
             })
         };
@@ -75,9 +80,17 @@ impl Settings {
         let default_policy = Policy {
             initial: cfg.get_int("initial_destination_concurrency").max(1) as usize,
             limit: cfg.get_int("default_destination_concurrency_limit").max(1) as usize,
-            positive: fb("default_destination_concurrency_positive_feedback", &cfg.get("default_destination_concurrency_positive_feedback")),
-            negative: fb("default_destination_concurrency_negative_feedback", &cfg.get("default_destination_concurrency_negative_feedback")),
-            failed_cohort_limit: cfg.get_int("default_destination_concurrency_failed_cohort_limit").max(0) as usize,
+            positive: fb(
+                "default_destination_concurrency_positive_feedback",
+                &cfg.get("default_destination_concurrency_positive_feedback"),
+            ),
+            negative: fb(
+                "default_destination_concurrency_negative_feedback",
+                &cfg.get("default_destination_concurrency_negative_feedback"),
+            ),
+            failed_cohort_limit: cfg
+                .get_int("default_destination_concurrency_failed_cohort_limit")
+                .max(0) as usize,
             suspend: minimal_backoff,
         };
         for t in transports {
@@ -86,19 +99,31 @@ impl Settings {
                     .and_then(|v| cfg.expand(&v).ok())
             };
             let mut p = default_policy.clone();
-            if let Some(v) = raw("initial_destination_concurrency").and_then(|v| v.trim().parse::<usize>().ok()) {
+            if let Some(v) =
+                raw("initial_destination_concurrency").and_then(|v| v.trim().parse::<usize>().ok())
+            {
                 p.initial = v.max(1);
             }
-            if let Some(v) = raw("destination_concurrency_limit").and_then(|v| v.trim().parse::<usize>().ok()) {
+            if let Some(v) =
+                raw("destination_concurrency_limit").and_then(|v| v.trim().parse::<usize>().ok())
+            {
                 p.limit = v.max(1);
             }
             if raw("destination_concurrency_positive_feedback").is_some() {
-                p.positive = fb(&format!("{t}_destination_concurrency_positive_feedback"), "1/concurrency");
+                p.positive = fb(
+                    &format!("{t}_destination_concurrency_positive_feedback"),
+                    "1/concurrency",
+                );
             }
             if raw("destination_concurrency_negative_feedback").is_some() {
-                p.negative = fb(&format!("{t}_destination_concurrency_negative_feedback"), "1/concurrency");
+                p.negative = fb(
+                    &format!("{t}_destination_concurrency_negative_feedback"),
+                    "1/concurrency",
+                );
             }
-            if let Some(v) = raw("destination_concurrency_failed_cohort_limit").and_then(|v| v.trim().parse::<usize>().ok()) {
+            if let Some(v) = raw("destination_concurrency_failed_cohort_limit")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
                 p.failed_cohort_limit = v;
             }
             policies.insert(t.clone(), p);
@@ -136,7 +161,11 @@ impl Settings {
             myhostname: cfg.get("myhostname"),
             mail_name: cfg.get("mail_name"),
             bounce_size_limit: cfg.get_size("bounce_size_limit") as usize,
-            notify_classes: cfg.get_list("notify_classes").iter().map(|c| c.to_ascii_lowercase()).collect(),
+            notify_classes: cfg
+                .get_list("notify_classes")
+                .iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
             double_bounce: qualify(&cfg.get("double_bounce_sender"), &cfg.get("myorigin")),
             double_bounce_local: cfg.get("double_bounce_sender").to_ascii_lowercase(),
             two_bounce_rcpt: qualify(&cfg.get("2bounce_notice_recipient"), &cfg.get("myorigin")),
@@ -354,15 +383,17 @@ impl Qmgr {
             match self.rewriter.resolve(&r.address) {
                 Ok(res)
                     if res.class == crate::trivial_rewrite::Class::Local
-                        && res
-                            .address
-                            .rsplit_once('@')
-                            .is_some_and(|(l, _)| l.eq_ignore_ascii_case(&self.settings.double_bounce_local)) =>
+                        && res.address.rsplit_once('@').is_some_and(|(l, _)| {
+                            l.eq_ignore_ascii_case(&self.settings.double_bounce_local)
+                        }) =>
                 {
                     // Mail to the local double-bounce address is dropped here, so that
                     // postmaster notices can never loop (and no local agent is needed).
                     tracing::warn!("{id}: undeliverable postmaster notification discarded");
-                    msg.outcomes.insert(i, Outcome::sent("2.0.0", "undeliverable postmaster notification discarded"));
+                    msg.outcomes.insert(
+                        i,
+                        Outcome::sent("2.0.0", "undeliverable postmaster notification discarded"),
+                    );
                 }
                 Ok(res) => {
                     let key = DestKey {
@@ -636,7 +667,19 @@ impl Qmgr {
                 // A bounce (or other null-sender mail) failed: a double bounce to the
                 // postmaster when notify_classes asks for it, else it is dropped.
                 if classes("2bounce") || classes("bounce") {
-                    send_notice(&q, &s, &idc, &record, &content, Kind::Postmaster, &bounced, &outcomes, "postmaster non-delivery notification", Some((&s.two_bounce_rcpt, &s.double_bounce))).await;
+                    send_notice(
+                        &q,
+                        &s,
+                        &idc,
+                        &record,
+                        &content,
+                        Kind::Postmaster,
+                        &bounced,
+                        &outcomes,
+                        "postmaster non-delivery notification",
+                        Some((&s.two_bounce_rcpt, &s.double_bounce)),
+                    )
+                    .await;
                 } else {
                     tracing::info!("{idc}: undeliverable bounce notification discarded (notify_classes has no 2bounce)");
                 }
@@ -658,7 +701,19 @@ impl Qmgr {
                 )
                 .await;
                 if classes("bounce") {
-                    send_notice(&q, &s, &idc, &record, &content, Kind::Postmaster, &notify_failure, &outcomes, "postmaster non-delivery notification", Some((&s.bounce_rcpt, &s.double_bounce))).await;
+                    send_notice(
+                        &q,
+                        &s,
+                        &idc,
+                        &record,
+                        &content,
+                        Kind::Postmaster,
+                        &notify_failure,
+                        &outcomes,
+                        "postmaster non-delivery notification",
+                        Some((&s.bounce_rcpt, &s.double_bounce)),
+                    )
+                    .await;
                 }
             }
             if !env.sender.is_empty() && !from_double_bounce && !success.is_empty() {
@@ -749,7 +804,9 @@ fn site_feedback(out: &[(usize, Outcome)]) -> Feedback2 {
     for (_, o) in out {
         match o {
             Outcome::Deferred { dsn, reason } => {
-                if reason.contains("in reply to RCPT TO") || reason.contains("in reply to end of DATA") {
+                if reason.contains("in reply to RCPT TO")
+                    || reason.contains("in reply to end of DATA")
+                {
                     return Feedback2::Reached;
                 }
                 first.get_or_insert((dsn, reason));
@@ -758,7 +815,10 @@ fn site_feedback(out: &[(usize, Outcome)]) -> Feedback2 {
         }
     }
     match first {
-        Some((dsn, reason)) => Feedback2::Failed { dsn: dsn.to_string(), reason: reason.to_string() },
+        Some((dsn, reason)) => Feedback2::Failed {
+            dsn: dsn.to_string(),
+            reason: reason.to_string(),
+        },
         // A job without recipients says nothing about the site.
         None => Feedback2::Reached,
     }
@@ -861,7 +921,11 @@ async fn send_notice(
         now,
         recipients: &rcpts,
         original: content,
-        ret: if postmaster.is_some() { Some(crate::envelope::Ret::Hdrs) } else { record.envelope.ret },
+        ret: if postmaster.is_some() {
+            Some(crate::envelope::Ret::Hdrs)
+        } else {
+            record.envelope.ret
+        },
         envid: record.envelope.envid.as_deref(),
         size_limit: s.bounce_size_limit,
     });

@@ -125,7 +125,10 @@ pub struct Rewriter {
     expansion_limit: usize,
     /// local_recipient_maps split into its alias part (aliases(5) files) and its user part;
     /// None when the list is empty (every local user is accepted).
-    local_users: Option<(crate::local::aliases::Sources, crate::local::aliases::Sources)>,
+    local_users: Option<(
+        crate::local::aliases::Sources,
+        crate::local::aliases::Sources,
+    )>,
 }
 
 fn split_transport(s: &str) -> (String, String) {
@@ -155,9 +158,15 @@ impl Rewriter {
         for i in &interfaces {
             match i.as_str() {
                 "all" => own_addrs.extend(all_addrs.iter().copied()),
-                "loopback-only" => own_addrs.extend(all_addrs.iter().copied().filter(|a| a.is_loopback())),
+                "loopback-only" => {
+                    own_addrs.extend(all_addrs.iter().copied().filter(|a| a.is_loopback()))
+                }
                 a => {
-                    if let Ok(ip) = a.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                    if let Ok(ip) = a
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<IpAddr>()
+                    {
                         own_addrs.push(ip);
                     }
                 }
@@ -192,11 +201,17 @@ impl Rewriter {
                 } else {
                     // Tables that cannot be opened are left out; the local agent warns.
                     let (a, _) = crate::local::aliases::Sources::open(
-                        &lrm.iter().filter(|m| aliases.contains(m)).cloned().collect::<Vec<_>>(),
+                        &lrm.iter()
+                            .filter(|m| aliases.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
                         true,
                     );
                     let (u, _) = crate::local::aliases::Sources::open(
-                        &lrm.iter().filter(|m| !aliases.contains(m)).cloned().collect::<Vec<_>>(),
+                        &lrm.iter()
+                            .filter(|m| !aliases.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
                         false,
                     );
                     Some((a, u))
@@ -245,7 +260,11 @@ impl Rewriter {
         let Some((aliases, users)) = &self.local_users else {
             return Ok(true);
         };
-        let local = addr.rsplit_once('@').map(|(l, _)| l).unwrap_or(addr).to_lowercase();
+        let local = addr
+            .rsplit_once('@')
+            .map(|(l, _)| l)
+            .unwrap_or(addr)
+            .to_lowercase();
         let (base, ext) = self.split_ext(&local);
         let mut keys = vec![local.as_str()];
         if ext.is_some() {
@@ -253,7 +272,10 @@ impl Rewriter {
         }
         for k in keys {
             for s in [aliases, users] {
-                if s.lookup(k).map_err(|e| RewriteError::Temporary(e.to_string()))?.is_some() {
+                if s.lookup(k)
+                    .map_err(|e| RewriteError::Temporary(e.to_string()))?
+                    .is_some()
+                {
                     return Ok(true);
                 }
             }
@@ -626,7 +648,12 @@ mod tests {
             "mydestination = localhost\nrecipient_delimiter = +\nalias_maps = texthash:@DIR@/aliases\nlocal_recipient_maps = texthash:@DIR@/users $alias_maps\n",
             &[("aliases", "postmaster: root\n"), ("users", "bob x\n")],
         );
-        for (a, known) in [("bob@localhost", true), ("Bob+x@localhost", true), ("postmaster@localhost", true), ("ghost@localhost", false)] {
+        for (a, known) in [
+            ("bob@localhost", true),
+            ("Bob+x@localhost", true),
+            ("postmaster@localhost", true),
+            ("ghost@localhost", false),
+        ] {
             assert_eq!(r.local_user_known(a).unwrap(), known, "{a}");
         }
         let (r, _d) = rw("mydestination = localhost\nlocal_recipient_maps =\n", &[]);
