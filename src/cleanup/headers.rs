@@ -168,6 +168,36 @@ pub fn received(r: &ReceivedInfo) -> Header {
     }
 }
 
+/// The `boundary` parameter of a `Content-Type: multipart/…` header, if it is one.
+pub fn multipart_boundary(h: &Header) -> Option<String> {
+    if !h.is("Content-Type") {
+        return None;
+    }
+    let value = h.text.split_once(':')?.1.replace('\n', " ");
+    let mut params = value.split(';');
+    let kind = params.next()?.trim().to_ascii_lowercase();
+    if !kind.starts_with("multipart/") {
+        return None;
+    }
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("boundary") {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.split('"').next())
+                .unwrap_or(v);
+            // RFC 2046: 1 to 70 characters.
+            if !v.is_empty() && v.len() <= 70 {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,34 +256,4 @@ mod tests {
         };
         assert!(received(&local).text.starts_with("Received: by mail.exemple.fr (Postfix, from userid 0)\n\tid 59A0A9AA1B2; Mon, 23 Nov 2026"));
     }
-}
-
-/// The `boundary` parameter of a `Content-Type: multipart/…` header, if it is one.
-pub fn multipart_boundary(h: &Header) -> Option<String> {
-    if !h.is("Content-Type") {
-        return None;
-    }
-    let value = h.text.split_once(':')?.1.replace('\n', " ");
-    let mut params = value.split(';');
-    let kind = params.next()?.trim().to_ascii_lowercase();
-    if !kind.starts_with("multipart/") {
-        return None;
-    }
-    for p in params {
-        let Some((k, v)) = p.split_once('=') else {
-            continue;
-        };
-        if k.trim().eq_ignore_ascii_case("boundary") {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.split('"').next())
-                .unwrap_or(v);
-            // RFC 2046: 1 to 70 characters.
-            if !v.is_empty() && v.len() <= 70 {
-                return Some(v.to_string());
-            }
-        }
-    }
-    None
 }

@@ -18,11 +18,14 @@ use crate::table::{self, Table};
 /// Largest alias file or :include: file read, so a runaway file cannot exhaust memory.
 pub const MAX_FILE: u64 = 4 << 20;
 
+/// A parsed alias file and the modification time it was read at.
+type Cached = (Option<SystemTime>, Arc<HashMap<String, String>>);
+
 /// One aliases(5) text file, re-read when it changes.
 #[derive(Debug)]
 pub struct AliasFile {
     path: PathBuf,
-    cache: Mutex<(Option<SystemTime>, Arc<HashMap<String, String>>)>,
+    cache: Mutex<Cached>,
 }
 
 /// Parses aliases(5) text. Names are case-folded; a quoted name keeps its inside.

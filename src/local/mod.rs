@@ -31,6 +31,7 @@
 //!   4. Unknown users go to fallback_transport if set, else to luser_relay ($user, $local,
 //!      $extension, $domain, $recipient expanded) if set, else bounce
 //!      `unknown user: "user"` (5.1.1).
+//!
 //!   Every mailbox or file written gets `Return-Path:` and `Delivered-To:`. One recipient's
 //!   outcome combines its destinations: any deferral defers it (the whole recipient is tried
 //!   again), else any bounce bounces it (the notice names the failing member), else sent.
