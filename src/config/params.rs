@@ -247,6 +247,7 @@ pub static PARAMS: &[Param] = &[
     p!("allow_mail_to_files", "alias, forward", List, "where /file destinations are allowed (alias, forward, include; refused when relais runs as root)", Yes),
     p!("command_time_limit", "1000s", Time('s'), 1, MAXI, "time limit for delivery to an alias |command", Yes),
     p!("default_transport", "smtp", Str, "transport for mail not otherwise routed", Yes),
+    p!("default_privs", "nobody", Str, "the user alias commands run as when relais runs as root", Yes),
     p!("fallback_transport", "", Str, "local(8): transport for users that are neither aliases nor known users", Yes),
     p!("home_mailbox", "", Str, "mailbox path relative to a local user's home (ending in / means Maildir)", Yes),
     p!("local_mailbox_base", "", Str, "relais-specific: local users' homes are $local_mailbox_base/user instead of the password file's (for an unprivileged relais)", Yes),

@@ -19,6 +19,8 @@ pub struct Pipe<'a> {
     pub domain: &'a str,
     pub home: &'a str,
     pub timeout: Duration,
+    /// (uid, gid) to run as (default_privs when relais runs as root).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Output kept for the bounce text; more is read and thrown away so the child never blocks.
@@ -44,6 +46,10 @@ pub async fn run(p: &Pipe<'_>, message: Vec<u8>) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some((uid, gid)) = p.run_as {
+        // Dropping from root: the standard library also clears supplementary groups.
+        cmd.uid(uid).gid(gid);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

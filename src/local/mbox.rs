@@ -36,16 +36,24 @@ pub fn format(sender: &str, recipient: &str, content: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// Appends `data` to `path` (created 0600 if missing; a symbolic link is refused).
-pub fn append(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Appends `data` to `path` (created 0600 if missing; a symbolic link is refused). `owner`
+/// (uid, gid) is given a mailbox this call creates (the local agent running as root).
+pub fn append(path: &Path, data: &[u8], owner: Option<(u32, u32)>) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    if let Some((uid, gid)) = owner {
+        use std::os::unix::fs::MetadataExt;
+        if meta.len() == 0 && meta.uid() != uid {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
     }
     // Bounded wait for the lock: a reader holding it for long defers us instead of
     // blocking a delivery thread forever.
@@ -82,8 +90,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("mbox");
         let m = format("a@b", "u@l", b"Subject: x\r\n\r\nFrom here\r\nok\r\n");
-        append(&p, &m).unwrap();
-        append(&p, &m).unwrap();
+        append(&p, &m, None).unwrap();
+        append(&p, &m, None).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(
             text.matches("\nFrom a@b  ").count() + usize::from(text.starts_with("From a@b  ")),
@@ -96,6 +104,6 @@ mod tests {
             "{text}"
         );
         std::os::unix::fs::symlink(&p, d.path().join("link")).unwrap();
-        assert!(append(&d.path().join("link"), b"x").is_err());
+        assert!(append(&d.path().join("link"), b"x", None).is_err());
     }
 }

@@ -46,9 +46,10 @@
 //! SECURITY
 //!   Mailbox paths are built from the administrator's settings and a user name that may not
 //!   contain `/` or start with `.`. `/file` destinations must be absolute; symbolic links are
-//!   not followed. Commands and files run with relais's own rights; when relais runs as root
-//!   they are refused (Postfix would switch to the recipient's or default_privs' rights,
-//!   which relais does not do), and `.forward` files are not read.
+//!   not followed. Commands and files run with relais's own rights; when relais runs as root,
+//!   mailboxes of system users are given to the user (chown), alias commands run as
+//!   default_privs (never root), and `/file` destinations are refused (Postfix would write
+//!   them as the alias table's owner). `.forward` files are not read.
 //!
 //! CONFIGURATION PARAMETERS
 //!   alias_maps (hash:/etc/aliases, nis:mail.aliases; nis: is not supported and skipped with a
@@ -56,7 +57,7 @@
 //!   mail_spool_directory (/var/mail), local_mailbox_base () relais-specific,
 //!   mailbox_transport (), fallback_transport (), luser_relay (), recipient_delimiter (),
 //!   allow_mail_to_commands (alias, forward), allow_mail_to_files (alias, forward),
-//!   command_time_limit (1000s), owner_request_special (yes), myorigin
+//!   command_time_limit (1000s), owner_request_special (yes), default_privs (nobody), myorigin
 
 pub mod aliases;
 pub mod command;
@@ -102,6 +103,8 @@ pub struct Settings {
     pub allow_commands: Vec<String>,
     pub allow_files: Vec<String>,
     pub command_time_limit: Duration,
+    /// The user alias commands run as when relais runs as root.
+    pub default_privs: String,
     pub owner_request_special: bool,
     pub hostname: String,
     /// Our own master.cf service name, to recognise addresses that come back to us.
@@ -176,6 +179,7 @@ impl Settings {
                 .get_time("command_time_limit")
                 .max(Duration::from_secs(1)),
             owner_request_special: cfg.get_bool("owner_request_special"),
+            default_privs: cfg.get("default_privs"),
             hostname: cfg.get("myhostname"),
             service: service.to_string(),
         }
@@ -185,13 +189,16 @@ impl Settings {
 /// One place a recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
+    /// `owner`: the user's (uid, gid), given the mailbox when relais runs as root.
     Maildir {
         path: PathBuf,
         rcpt: String,
+        owner: Option<(u32, u32)>,
     },
     Mbox {
         path: PathBuf,
         rcpt: String,
+        owner: Option<(u32, u32)>,
     },
     File {
         path: String,
@@ -482,15 +489,22 @@ impl Expander<'_> {
                 self.pass(&t, &n, addr, "mailbox_transport");
                 return;
             }
-            let home = match &self.s.mailbox_base {
-                Some(b) => Some(b.join(base)),
-                None => passwd::home(base),
+            let pw = passwd::lookup(base);
+            // A system user's mailbox belongs to the user (when we can give it: as root).
+            let owner = pw
+                .as_ref()
+                .filter(|_| passwd::is_root())
+                .map(|p| (p.uid, p.gid));
+            let (home, owner) = match &self.s.mailbox_base {
+                Some(b) => (Some(b.join(base)), None),
+                None => (pw.map(|p| p.home), owner),
             };
             let hm = self.s.home_mailbox.trim();
             if hm.is_empty() {
                 self.push(Action::Mbox {
                     path: self.s.mail_spool_directory.join(base),
                     rcpt: addr.to_string(),
+                    owner,
                 });
                 return;
             }
@@ -510,11 +524,13 @@ impl Expander<'_> {
                 self.push(Action::Maildir {
                     path,
                     rcpt: addr.to_string(),
+                    owner,
                 });
             } else {
                 self.push(Action::Mbox {
                     path,
                     rcpt: addr.to_string(),
+                    owner,
                 });
             }
             return;
@@ -713,7 +729,7 @@ impl Transport for LocalTransport {
                             }
                             continue;
                         }
-                        Action::Maildir { path, rcpt } => {
+                        Action::Maildir { path, rcpt, owner } => {
                             let (content, sender, host) =
                                 (job.content.clone(), job.sender.clone(), s.hostname.clone());
                             tokio::task::spawn_blocking(move || {
@@ -723,6 +739,7 @@ impl Transport for LocalTransport {
                                     recipient: &rcpt,
                                     content: &content,
                                     hostname: &host,
+                                    owner,
                                 })
                             })
                             .await
@@ -730,8 +747,8 @@ impl Transport for LocalTransport {
                                 Outcome::deferred("4.3.0", format!("maildir delivery failed: {e}"))
                             })
                         }
-                        Action::Mbox { path, rcpt } => {
-                            mbox_deliver(&job, path, rcpt, "delivered to mailbox").await
+                        Action::Mbox { path, rcpt, owner } => {
+                            mbox_deliver(&job, path, rcpt, "delivered to mailbox", owner).await
                         }
                         Action::File { path, rcpt } => {
                             if passwd::is_root() {
@@ -749,6 +766,7 @@ impl Transport for LocalTransport {
                                         recipient: &rcpt,
                                         content: &content,
                                         hostname: &host,
+                                        owner: None,
                                     })
                                 })
                                 .await
@@ -757,7 +775,7 @@ impl Transport for LocalTransport {
                                 })
                             } else {
                                 let what = format!("delivered to file: {path}");
-                                mbox_deliver(&job, PathBuf::from(path), rcpt, &what).await
+                                mbox_deliver(&job, PathBuf::from(path), rcpt, &what, None).await
                             }
                         }
                         Action::Command {
@@ -767,12 +785,30 @@ impl Transport for LocalTransport {
                             ext,
                             domain,
                         } => {
-                            if passwd::is_root() {
-                                Outcome::bounced(
-                                    "5.7.1",
-                                    format!("relais does not run alias commands as root: {cmd}"),
-                                )
+                            // As root, commands run with default_privs' rights, as Postfix
+                            // runs commands from root-owned alias tables.
+                            let run_as = if passwd::is_root() {
+                                match passwd::lookup(&s.default_privs) {
+                                    Some(p) if p.uid != 0 => Ok(Some((p.uid, p.gid))),
+                                    Some(_) => Err(Outcome::deferred(
+                                        "4.3.5",
+                                        format!(
+                                            "default_privs {} is root: alias commands are not run",
+                                            s.default_privs
+                                        ),
+                                    )),
+                                    None => Err(Outcome::deferred(
+                                        "4.3.5",
+                                        format!("default_privs {}: unknown user", s.default_privs),
+                                    )),
+                                }
                             } else {
+                                Ok(None)
+                            };
+                            if let Err(o) = run_as {
+                                o
+                            } else {
+                                let run_as = run_as.ok().flatten();
                                 let msg = maildir_text(&job.sender, &rcpt, &job.content);
                                 command::run(
                                     &command::Pipe {
@@ -784,6 +820,7 @@ impl Transport for LocalTransport {
                                         domain: &domain,
                                         home: "/",
                                         timeout: s.command_time_limit,
+                                        run_as,
                                     },
                                     msg,
                                 )
@@ -825,13 +862,19 @@ fn maildir_text(sender: &str, rcpt: &str, content: &[u8]) -> Vec<u8> {
     buf
 }
 
-async fn mbox_deliver(job: &Job, path: PathBuf, rcpt: String, what: &str) -> Outcome {
+async fn mbox_deliver(
+    job: &Job,
+    path: PathBuf,
+    rcpt: String,
+    what: &str,
+    owner: Option<(u32, u32)>,
+) -> Outcome {
     if maildir::is_loop(&job.content, &rcpt) {
         return Outcome::bounced("5.4.6", format!("mail forwarding loop for {rcpt}"));
     }
     let data = mbox::format(&job.sender, &rcpt, &job.content);
     let what = what.to_string();
-    tokio::task::spawn_blocking(move || match mbox::append(&path, &data) {
+    tokio::task::spawn_blocking(move || match mbox::append(&path, &data, owner) {
         Ok(()) => Outcome::sent("2.0.0", what),
         Err(e) => Outcome::deferred(
             "4.2.0",

@@ -3,8 +3,16 @@
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
-/// The home directory of a user, if the password database knows the name.
-pub fn home(name: &str) -> Option<PathBuf> {
+/// A password database entry: home directory and ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pw {
+    pub home: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The password database entry of a user, if it knows the name.
+pub fn lookup(name: &str) -> Option<Pw> {
     // A name with a NUL cannot be in the password file; refuse rather than truncate it.
     let cname = CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 16384];
@@ -27,11 +35,20 @@ pub fn home(name: &str) -> Option<PathBuf> {
     }
     // SAFETY: pw_dir points into `buf`, NUL-terminated by getpwnam_r, alive here.
     let dir = unsafe { CStr::from_ptr(pw.pw_dir) };
-    Some(PathBuf::from(dir.to_string_lossy().into_owned()))
+    Some(Pw {
+        home: PathBuf::from(dir.to_string_lossy().into_owned()),
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+    })
 }
 
-/// True when this process runs as root (then relais refuses command and file delivery,
-/// which Postfix would run with the recipient's or default_privs' rights).
+/// The home directory of a user, if the password database knows the name.
+pub fn home(name: &str) -> Option<PathBuf> {
+    lookup(name).map(|p| p.home)
+}
+
+/// True when this process runs as root (then mailboxes are given to their users, commands
+/// run as default_privs, and file destinations are refused).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
