@@ -659,4 +659,13 @@ mod tests {
         let (r, _d) = rw("mydestination = localhost\nlocal_recipient_maps =\n", &[]);
         assert!(r.local_user_known("anyone@localhost").unwrap());
     }
+
+    #[test]
+    fn address_literals_follow_inet_interfaces() {
+        let (r, _d) = rw("inet_interfaces = 192.0.2.7\n", &[]);
+        assert_eq!(r.domain_class("[192.0.2.7]").unwrap(), Class::Local);
+        assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Default);
+        let (r, _d) = rw("inet_interfaces = loopback-only\n", &[]);
+        assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Local);
+    }
 }
