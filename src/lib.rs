@@ -13,6 +13,7 @@ pub mod discard;
 pub mod dns;
 pub mod envelope;
 pub mod error;
+pub mod local;
 pub mod log;
 pub mod master;
 pub mod pickup;

@@ -2,6 +2,13 @@
 //! `-h` (header), `-b` (body); `-c dir` or MAIL_CONFIG select the configuration. relais
 //! keeps no queue files, so the envelope section is rebuilt from the queue record in
 //! Postfix's record names and order.
+//!
+//! `-o` prints each record's offset and `-d` its record type as a decimal number, as they
+//! would be in a Postfix queue file holding the same records (type byte, length as 7-bit
+//! groups, data), so the offsets match Postfix's for the same envelope and content. `-v`
+//! names content records (`regular_text:`); Postfix's debug lines on stderr are not
+//! imitated. `-r` (file order, no pointer following) prints the same as the default: the
+//! rebuilt records have no pointer records. `-s` (skip the envelope offset) is accepted.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -28,6 +35,62 @@ fn path(queue: QueueName, id: &str) -> String {
         (QueueName::Deferred, Some(c)) => format!("deferred/{c}/{id}"),
         _ => format!("{queue}/{id}"),
     }
+}
+
+/// One record as postcat prints it, with what a Postfix queue file would hold for it.
+struct Rec {
+    /// Postfix's record type letter (REC_TYPE_*).
+    code: u8,
+    /// The line postcat prints (without `-o`/`-d`/`-v` prefixes).
+    text: String,
+    /// Length of the record's data in a queue file.
+    len: usize,
+    /// A content record (printed raw, or as `regular_text:` with -v).
+    content: bool,
+}
+
+impl Rec {
+    /// Bytes the record takes in a queue file: type, length in 7-bit groups, data.
+    fn size(&self) -> usize {
+        let mut n = self.len;
+        let mut len_bytes = 1;
+        while n >= 0x80 {
+            n >>= 7;
+            len_bytes += 1;
+        }
+        1 + len_bytes + self.len
+    }
+}
+
+/// Envelope records from the lines `envelope_lines` prints, each with its type and the
+/// length of its data (for named attributes and addresses the printed value is the data).
+fn envelope_records(text: &str, meta: &Meta) -> Vec<Rec> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let (label, value) = line.split_once(": ").unwrap_or((line, ""));
+        let (code, len) = match label {
+            "message_size" => (b'C', value.len()),
+            "message_arrival_time" => (
+                b'T',
+                format!("{} {}", meta.arrival_time, meta.arrival_usec).len(),
+            ),
+            "create_time" => (b'A', format!("create_time={}", meta.arrival_time).len()),
+            "named_attribute" => (b'A', value.len()),
+            "sender_fullname" => (b'F', value.len()),
+            "sender" => (b'S', value.len()),
+            "original_recipient" => (b'O', value.len()),
+            "recipient" => (b'R', value.len()),
+            "done_recipient" => (b'D', value.len()),
+            _ => (b'A', value.len()),
+        };
+        out.push(Rec {
+            code,
+            text: line.to_string(),
+            len,
+            content: false,
+        });
+    }
+    out
 }
 
 fn envelope_lines(id: &str, env: &Envelope, origin: &Origin, meta: &Meta) -> String {
@@ -96,10 +159,15 @@ fn envelope_lines(id: &str, env: &Envelope, origin: &Origin, meta: &Meta) -> Str
         .filter(|r| r.status == RcptStatus::Pending)
         .count();
     // Postfix's size record: content size, data offset, recipient count, queue manager
-    // options, content length, SMTPUTF8 flags. The data offset is where the content would
-    // start in a Postfix queue file: the envelope records before it, each with about two
-    // bytes of record framing.
-    let offset = 100 + body.len() + 2 * body.lines().count();
+    // options, content length, SMTPUTF8 flags. The data offset is where the content starts
+    // in a Postfix queue file: after the size record (95 bytes of data and 2 of framing),
+    // the other envelope records and the 2-byte message-content marker.
+    let offset = 97
+        + envelope_records(&body, meta)
+            .iter()
+            .map(Rec::size)
+            .sum::<usize>()
+        + 2;
     format!(
         "message_size: {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n{body}",
         meta.size,
@@ -115,6 +183,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut cdir, mut e, mut h, mut b, mut q) =
         (None::<std::path::PathBuf>, false, false, false, false);
+    let (mut show_offset, mut show_type, mut verbose) = (false, false, false);
     let mut ids = Vec::new();
     let mut i = 0;
     // Bounded by the argument count.
@@ -134,7 +203,12 @@ fn main() {
                     'h' => h = true,
                     'b' => b = true,
                     'q' => q = true,
-                    'v' | 'o' | 'r' | 'd' | 's' => {}
+                    'o' => show_offset = true,
+                    'd' => show_type = true,
+                    'v' => verbose = true,
+                    // File order without following pointers: the rebuilt records have no
+                    // pointers, so this is the default order; -s only matters for files.
+                    'r' | 's' => {}
                     _ => fatal(
                         PROG,
                         exit::EX_USAGE,
@@ -203,11 +277,38 @@ fn main() {
         };
         let p = path(queue, &id);
         let mut out = String::new();
+        // Every record with its offset; what is printed depends on -e/-h/-b.
+        let mut offset = 0usize;
+        let mut emit = |out: &mut String, r: &Rec, show: bool| {
+            if show {
+                if show_offset {
+                    let _ = write!(out, "{offset:9} ");
+                }
+                if show_type {
+                    let _ = write!(out, "{:3} ", r.code);
+                }
+                if r.content && verbose {
+                    out.push_str("regular_text: ");
+                }
+                out.push_str(&r.text);
+                out.push('\n');
+            }
+            offset += r.size();
+        };
         if show_env {
             let _ = writeln!(out, "*** ENVELOPE RECORDS {p} ***");
-            out.push_str(&envelope_lines(&id, &envelope, &origin, &meta));
-            let _ = writeln!(out, "*** MESSAGE CONTENTS {p} ***");
         }
+        let env_text = envelope_lines(&id, &envelope, &origin, &meta);
+        for r in envelope_records(&env_text, &meta) {
+            emit(&mut out, &r, show_env);
+        }
+        let marker = |code: u8, what: &str| Rec {
+            code,
+            text: format!("*** {what} {p} ***"),
+            len: 0,
+            content: false,
+        };
+        emit(&mut out, &marker(b'M', "MESSAGE CONTENTS"), show_env);
         let content = content.unwrap_or_default();
         let text = String::from_utf8_lossy(&content);
         let mut in_header = true;
@@ -217,15 +318,17 @@ fn main() {
             if in_header && line.is_empty() {
                 in_header = false;
             }
-            if (in_header && show_hdr) || (!in_header && show_body) {
-                out.push_str(line);
-                out.push('\n');
-            }
+            let show = (in_header && show_hdr) || (!in_header && show_body);
+            let r = Rec {
+                code: b'N',
+                text: line.to_string(),
+                len: line.len(),
+                content: true,
+            };
+            emit(&mut out, &r, show);
         }
-        if show_env {
-            let _ = writeln!(out, "*** HEADER EXTRACTED {p} ***");
-            let _ = writeln!(out, "*** MESSAGE FILE END {p} ***");
-        }
+        emit(&mut out, &marker(b'X', "HEADER EXTRACTED"), show_env);
+        emit(&mut out, &marker(b'E', "MESSAGE FILE END"), show_env);
         if stdout.write_all(out.as_bytes()).is_err() {
             std::process::exit(exit::EX_IOERR);
         }

@@ -7,13 +7,23 @@
 //! DESCRIPTION
 //!   Notices are RFC 3464 multipart/report messages in Postfix's layout (see `notice`). They
 //!   follow the DSN parameters of the original message: NOTIFY decides which notices are
-//!   sent, RET=HDRS returns only the headers, ENVID and ORCPT are reported. A notice is never
-//!   sent about a message with the null sender (no bounce of a bounce).
+//!   sent, RET=HDRS returns only the headers, ENVID and ORCPT are reported.
+//!
+//!   No bounce of a bounce: when mail with the null sender fails, a double bounce
+//!   ("Postmaster Copy: Undelivered Mail", headers only) goes to 2bounce_notice_recipient
+//!   from double_bounce_sender@$myorigin if notify_classes lists 2bounce (or bounce), and is
+//!   otherwise dropped with a log line. When a notice from double_bounce_sender fails, it is
+//!   discarded (`ID: undeliverable postmaster notification discarded`), and qmgr drops mail
+//!   addressed to the local double_bounce_sender the same way, so notices never loop. With
+//!   bounce in notify_classes, every bounce also sends a headers-only copy to
+//!   bounce_notice_recipient.
 //!
 //! QUEUES
 //!   Notices enter `incoming` through cleanup like any other message.
 //!
 //! CONFIGURATION PARAMETERS
-//!   bounce_size_limit (50000), myhostname, mail_name (relais)
+//!   bounce_size_limit (50000), myhostname, mail_name (relais), notify_classes (resource,
+//!   software), double_bounce_sender (double-bounce), 2bounce_notice_recipient (postmaster),
+//!   bounce_notice_recipient (postmaster)
 
 pub mod notice;

@@ -17,6 +17,9 @@ pub enum Kind {
     Delay,
     /// Success (NOTIFY=SUCCESS).
     Success,
+    /// A copy for the postmaster (notify_classes): a failed bounce (2bounce) or a bounce
+    /// copy; headers only, addressed to `Notice::to`.
+    Postmaster,
 }
 
 /// One recipient the notice reports on.
@@ -43,6 +46,8 @@ pub struct Notice<'a> {
     /// Queue ID of the notice itself (for its Received: and Message-Id:).
     pub notice_id: &'a str,
     pub sender: &'a str,
+    /// Whom the notice is for when it is not the sender (postmaster copies).
+    pub to: Option<&'a str>,
     pub arrival: DateTime<Local>,
     pub now: DateTime<Local>,
     pub recipients: &'a [Rcpt],
@@ -87,6 +92,11 @@ pub fn build(n: &Notice) -> Vec<u8> {
             "####################################################################\n# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\n####################################################################\n\nYour message could not be delivered for more than the configured delay.\nIt will be retried until it is too old.\n\nFor further assistance, please send mail to postmaster.\n\nIf you do so, please include this problem report. You can\ndelete your own text from the attached returned message.\n",
             "delayed",
         ),
+        Kind::Postmaster => (
+            "Postmaster Copy: Undelivered Mail",
+            "This is a copy for the postmaster: the message whose headers are attached\ncould not be delivered to the recipients below, and notify_classes asks\nfor such copies. When the original sender is empty, the notice to the\nsender itself failed (a double bounce).\n",
+            "failed",
+        ),
         Kind::Success => (
             "Successful Mail Delivery Report",
             "Your message was successfully delivered to the destination(s)\nlisted below. If the message was delivered to mailbox you will\nreceive no further notifications. Otherwise you may still receive\nnotifications of mail delivery errors from other systems.\n",
@@ -105,7 +115,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
         n.myhostname
     ));
     t.push_str(&format!("Subject: {subject}\n"));
-    t.push_str(&format!("To: {}\n", n.sender));
+    t.push_str(&format!("To: {}\n", n.to.unwrap_or(n.sender)));
     t.push_str("Auto-Submitted: auto-replied\nMIME-Version: 1.0\n");
     t.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"{boundary}\"\n"
@@ -159,6 +169,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
         (Kind::Failure, _) => (true, "text/rfc822-headers", "Undelivered Message Headers"),
         (Kind::Delay, _) => (true, "text/rfc822-headers", "Undelivered Message Headers"),
         (Kind::Success, _) => (true, "text/rfc822-headers", "Message Headers"),
+        (Kind::Postmaster, _) => (true, "text/rfc822-headers", "Undelivered Message Headers"),
     };
     t.push_str(&format!("--{boundary}\nContent-Description: {desc}\nContent-Type: {part_type}\nContent-Transfer-Encoding: 8bit\n\n"));
     t.push_str(&format!("Return-Path: <{}>\n", n.sender));
@@ -212,6 +223,7 @@ mod tests {
             queue_id: "B24EE9AA2CA",
             notice_id: "B5E389AA2CD",
             sender: "dave@example.com",
+            to: None,
             arrival: now,
             now,
             recipients: &rc,
@@ -265,6 +277,7 @@ mod tests {
             queue_id: "Q",
             notice_id: "N",
             sender: "s@x",
+            to: None,
             arrival: now,
             now,
             recipients: &rc,

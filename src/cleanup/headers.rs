@@ -71,7 +71,7 @@ fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
 }
 
 /// `Name` of a `Name: value` line (RFC 5322 field name: printable ASCII except colon).
-fn header_name(line: &[u8]) -> Option<String> {
+pub fn header_name(line: &[u8]) -> Option<String> {
     let colon = line.iter().position(|&c| c == b':')?;
     let name = &line[..colon];
     let name = name.strip_suffix(b" ").unwrap_or(name); // Postfix tolerates "Name :"
@@ -166,6 +166,36 @@ pub fn received(r: &ReceivedInfo) -> Header {
         name: "Received".into(),
         text,
     }
+}
+
+/// The `boundary` parameter of a `Content-Type: multipart/…` header, if it is one.
+pub fn multipart_boundary(h: &Header) -> Option<String> {
+    if !h.is("Content-Type") {
+        return None;
+    }
+    let value = h.text.split_once(':')?.1.replace('\n', " ");
+    let mut params = value.split(';');
+    let kind = params.next()?.trim().to_ascii_lowercase();
+    if !kind.starts_with("multipart/") {
+        return None;
+    }
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("boundary") {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.split('"').next())
+                .unwrap_or(v);
+            // RFC 2046: 1 to 70 characters.
+            if !v.is_empty() && v.len() <= 70 {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -5,9 +5,15 @@
 //!   Receives complete messages from smtpd and pickup, and writes them into the queue.
 //!
 //! DESCRIPTION
-//!   cleanup removes Return-Path: (and Bcc: from local submissions), applies header_checks,
+//!   cleanup removes Return-Path: (and Bcc: from local submissions) and keeps Delivered-To:
+//!   (as Postfix does: delivery agents find forwarding loops with it), applies header_checks,
 //!   mime_header_checks and body_checks with Postfix's actions (IGNORE, REJECT, WARN, INFO, HOLD,
-//!   DISCARD, PREPEND, REPLACE, REDIRECT, FILTER, BCC, DUNNO/OK), adds Postfix's Received:
+//!   DISCARD, PREPEND, REPLACE, REDIRECT, FILTER, BCC, DUNNO/OK). mime_header_checks sees the
+//!   MIME headers of the primary header and of every MIME part, following nested multiparts
+//!   up to mime_nesting_limit levels and 10,000 parts (beyond, the rest is body); body_checks
+//!   sees every body line of every part, but not part headers or boundary lines. Headers of
+//!   attached message/rfc822 parts are body lines (nested_header_checks is not implemented).
+//!   It adds Postfix's Received:
 //!   header with the queue ID, and adds Date:, Message-ID: and From: where missing for local
 //!   submissions (and remote ones with always_add_missing_headers). It then writes the queue
 //!   record in one durable transaction and only then answers the submitter, who only then
@@ -24,7 +30,7 @@
 //!   line_length_limit; nothing here panics on malformed input.
 //!
 //! CONFIGURATION PARAMETERS
-//!   header_checks (), mime_header_checks ($header_checks), body_checks (),
+//!   header_checks (), mime_header_checks ($header_checks), body_checks (), mime_nesting_limit (100),
 //!   always_add_missing_headers (no), header_size_limit (102400), myhostname, myorigin,
 //!   mail_name (relais)
 

@@ -24,6 +24,7 @@ use thiserror::Error;
 /// daemons land; any other command is reported and its service is not started.
 pub const IMPLEMENTED_COMMANDS: &[&str] = &[
     "smtpd",
+    "local",
     "pickup",
     "cleanup",
     "qmgr",
@@ -716,13 +717,13 @@ sub inet n - n - 5 smtpd -o { smtpd_banner = hello there } -vo smtpd_timeout=5s\
     #[test]
     fn check_reports_unsupported_commands_and_bad_overrides() {
         let cfg = Config::from_text(Path::new("/e"), "").unwrap();
-        let text = "smtp inet n - n - - smtpd -o smtpd_timeout=abc\nlocal unix - n n - - local\n";
+        let text = "smtp inet n - n - - smtpd -o smtpd_timeout=abc\nmaildrop unix - n n - - pipe\n";
         let p = check(text, Path::new("/e/master.cf"), &cfg);
         assert!(p.iter().any(|p| p.fatal
             && p.text.starts_with(
                 "/e/master.cf, line 1: service smtp/inet: -o: bad value for smtpd_timeout"
             )));
         assert!(p.iter().any(|p| !p.fatal
-            && p.text == "/e/master.cf, line 2: service local/unix: command local is not supported by relais; the service is not started"));
+            && p.text == "/e/master.cf, line 2: service maildrop/unix: command pipe is not supported by relais; the service is not started"));
     }
 }

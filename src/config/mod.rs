@@ -291,6 +291,9 @@ fn bounds_text(what: &str, p: &Param) -> String {
 fn is_per_service_name(name: &str) -> bool {
     const SUFFIXES: &[&str] = &[
         "_destination_concurrency_limit",
+        "_destination_concurrency_failed_cohort_limit",
+        "_destination_concurrency_positive_feedback",
+        "_destination_concurrency_negative_feedback",
         "_destination_recipient_limit",
         "_initial_destination_concurrency",
         "_destination_rate_delay",

@@ -298,6 +298,18 @@ impl ServiceHandle for BuiltIn {
     fn stop(&self) {}
 }
 
+/// Makes a delivery agent reachable by its transport name (qmgr, local's mailbox_transport).
+fn register_agent(shared: &Shared, name: &str, addr: &Addr<DeliveryAgent>, maxproc: usize) {
+    if let Ok(mut t) = shared.registry.agents.write() {
+        t.insert(name.to_string(), (addr.clone(), maxproc));
+    }
+    if let Ok(mut t) = shared.transports.write() {
+        if !t.iter().any(|x| x == name) {
+            t.push(name.to_string());
+        }
+    }
+}
+
 fn agent(
     shared: &Shared,
     spec: &ServiceSpec,
@@ -306,14 +318,7 @@ fn agent(
 ) -> Box<dyn ServiceHandle> {
     let tag = spec.log_tag(cfg);
     let addr = DeliveryAgent::new(transport, spec.maxproc, tag).start();
-    if let Ok(mut t) = shared.registry.agents.write() {
-        t.insert(spec.name.clone(), (addr.clone(), spec.maxproc));
-    }
-    if let Ok(mut t) = shared.transports.write() {
-        if !t.contains(&spec.name) {
-            t.push(spec.name.clone());
-        }
-    }
+    register_agent(shared, &spec.name, &addr, spec.maxproc);
     Box::new(ActorHandle {
         addr,
         on_reload: Box::new(|_, _| {}),
@@ -404,6 +409,31 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                     hostname: cfg.get("myhostname"),
                 };
                 Ok(agent(&sh, spec, &cfg, Arc::new(t)))
+            }
+            "local" => {
+                let sh3 = sh.clone();
+                let t = crate::local::LocalTransport::new(
+                    &cfg,
+                    &spec.name,
+                    Arc::new(move || sh3.rewriter()),
+                    sh.queue.clone(),
+                    sh.registry.agents.clone(),
+                );
+                let settings = t.settings.clone();
+                let name = spec.name.clone();
+                let tag = spec.log_tag(&cfg);
+                let addr = DeliveryAgent::new(Arc::new(t), spec.maxproc, tag).start();
+                register_agent(&sh, &spec.name, &addr, spec.maxproc);
+                Ok(Box::new(ActorHandle {
+                    addr,
+                    on_reload: Box::new(move |_, cfg| {
+                        let s = crate::local::Settings::from_config(&cfg, &name);
+                        if let Ok(mut g) = settings.write() {
+                            *g = Arc::new(s);
+                        }
+                    }),
+                    on_stop: Box::new(|_| {}),
+                }))
             }
             "smtpd" => {
                 let addrs = listen_addrs(&spec.name, &cfg)?;

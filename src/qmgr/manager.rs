@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
-use super::dest::{DestKey, Dests};
+use super::dest::{DestKey, Dests, Feedback, Feedback2, Policy};
 use crate::bounce::notice::{self, Kind, Notice, Rcpt as NoticeRcpt};
 use crate::config::Config;
 use crate::delivery::agent::{AgentTable, Deliver, DeliveryAgent};
@@ -44,15 +44,89 @@ pub struct Settings {
     pub default_recipient_limit: usize,
     /// `<transport>_destination_concurrency_limit` / `_recipient_limit` set in main.cf.
     pub per_transport: HashMap<String, (Option<usize>, Option<usize>)>,
+    /// Concurrency feedback per transport (`<transport>_…` overrides over `default_…`).
+    pub policies: HashMap<String, Policy>,
+    pub default_policy: Policy,
     pub myhostname: String,
     pub mail_name: String,
     pub bounce_size_limit: usize,
+    /// notify_classes, lower case.
+    pub notify_classes: Vec<String>,
+    /// double_bounce_sender@$myorigin: the sender of postmaster notices.
+    pub double_bounce: String,
+    pub double_bounce_local: String,
+    /// 2bounce_notice_recipient and bounce_notice_recipient, qualified with @$myorigin.
+    pub two_bounce_rcpt: String,
+    pub bounce_rcpt: String,
 }
 
 impl Settings {
     pub fn from_config(cfg: &Config, transports: &[String]) -> Settings {
         let mut per_transport = HashMap::new();
+        let mut policies = HashMap::new();
+        let fb = |name: &str, fallback: &str| {
+            let v = cfg
+                .raw(name)
+                .and_then(|v| cfg.expand(&v).ok())
+                .unwrap_or_else(|| fallback.to_string());
+            Feedback::parse(&v).unwrap_or_else(|| {
+                tracing::warn!(
+                    "{name} = {v}: expected 1/concurrency or a number; using 1/concurrency"
+                );
+                Feedback::PerWindow(1.0)
+            })
+        };
+        let minimal_backoff = cfg.get_time("minimal_backoff_time");
+        let default_policy = Policy {
+            initial: cfg.get_int("initial_destination_concurrency").max(1) as usize,
+            limit: cfg.get_int("default_destination_concurrency_limit").max(1) as usize,
+            positive: fb(
+                "default_destination_concurrency_positive_feedback",
+                &cfg.get("default_destination_concurrency_positive_feedback"),
+            ),
+            negative: fb(
+                "default_destination_concurrency_negative_feedback",
+                &cfg.get("default_destination_concurrency_negative_feedback"),
+            ),
+            failed_cohort_limit: cfg
+                .get_int("default_destination_concurrency_failed_cohort_limit")
+                .max(0) as usize,
+            suspend: minimal_backoff,
+        };
         for t in transports {
+            let raw = |suffix: &str| {
+                cfg.raw(&format!("{t}_{suffix}"))
+                    .and_then(|v| cfg.expand(&v).ok())
+            };
+            let mut p = default_policy.clone();
+            if let Some(v) =
+                raw("initial_destination_concurrency").and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                p.initial = v.max(1);
+            }
+            if let Some(v) =
+                raw("destination_concurrency_limit").and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                p.limit = v.max(1);
+            }
+            if raw("destination_concurrency_positive_feedback").is_some() {
+                p.positive = fb(
+                    &format!("{t}_destination_concurrency_positive_feedback"),
+                    "1/concurrency",
+                );
+            }
+            if raw("destination_concurrency_negative_feedback").is_some() {
+                p.negative = fb(
+                    &format!("{t}_destination_concurrency_negative_feedback"),
+                    "1/concurrency",
+                );
+            }
+            if let Some(v) = raw("destination_concurrency_failed_cohort_limit")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                p.failed_cohort_limit = v;
+            }
+            policies.insert(t.clone(), p);
             let get = |suffix: &str| {
                 cfg.raw(&format!("{t}_{suffix}"))
                     .and_then(|v| cfg.expand(&v).ok())
@@ -82,10 +156,25 @@ impl Settings {
             default_recipient_limit: cfg.get_int("default_destination_recipient_limit").max(1)
                 as usize,
             per_transport,
+            policies,
+            default_policy,
             myhostname: cfg.get("myhostname"),
             mail_name: cfg.get("mail_name"),
             bounce_size_limit: cfg.get_size("bounce_size_limit") as usize,
+            notify_classes: cfg
+                .get_list("notify_classes")
+                .iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+            double_bounce: qualify(&cfg.get("double_bounce_sender"), &cfg.get("myorigin")),
+            double_bounce_local: cfg.get("double_bounce_sender").to_ascii_lowercase(),
+            two_bounce_rcpt: qualify(&cfg.get("2bounce_notice_recipient"), &cfg.get("myorigin")),
+            bounce_rcpt: qualify(&cfg.get("bounce_notice_recipient"), &cfg.get("myorigin")),
         }
+    }
+
+    pub fn policy(&self, transport: &str) -> &Policy {
+        self.policies.get(transport).unwrap_or(&self.default_policy)
     }
 
     fn limits(&self, transport: &str) -> (usize, usize) {
@@ -131,6 +220,16 @@ fn secs_now() -> i64 {
 
 fn to_system(secs: i64, usec: u32) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64) + Duration::from_micros(usec as u64)
+}
+
+/// `name` → `name@origin`, as cleanup does for locally posted mail.
+fn qualify(name: &str, origin: &str) -> String {
+    let name = name.trim();
+    if name.contains('@') || origin.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}@{origin}")
+    }
 }
 
 fn sender_text(s: &str) -> &str {
@@ -282,6 +381,20 @@ impl Qmgr {
                 continue;
             }
             match self.rewriter.resolve(&r.address) {
+                Ok(res)
+                    if res.class == crate::trivial_rewrite::Class::Local
+                        && res.address.rsplit_once('@').is_some_and(|(l, _)| {
+                            l.eq_ignore_ascii_case(&self.settings.double_bounce_local)
+                        }) =>
+                {
+                    // Mail to the local double-bounce address is dropped here, so that
+                    // postmaster notices can never loop (and no local agent is needed).
+                    tracing::warn!("{id}: undeliverable postmaster notification discarded");
+                    msg.outcomes.insert(
+                        i,
+                        Outcome::sent("2.0.0", "undeliverable postmaster notification discarded"),
+                    );
+                }
                 Ok(res) => {
                     // A content filter (access FILTER, header_checks FILTER) overrides the
                     // route of every recipient; an empty next hop keeps the recipient's domain.
@@ -312,9 +425,11 @@ impl Qmgr {
             }
         }
         let arrival = to_system(msg.record.meta.arrival_time, msg.record.meta.arrival_usec);
+        let mut suspended = Vec::new();
         for key in order {
             let rcpts = groups.remove(&key).unwrap_or_default();
-            let (conc, rlimit) = self.settings.limits(&key.transport);
+            let (_, rlimit) = self.settings.limits(&key.transport);
+            let policy = self.settings.policy(&key.transport).clone();
             for chunk in rcpts.chunks(rlimit) {
                 let env = &msg.record.envelope;
                 let job = Job {
@@ -332,12 +447,17 @@ impl Qmgr {
                     activated: now,
                 };
                 msg.outstanding += 1;
-                self.dests
-                    .push(key.clone(), job, self.settings.initial_concurrency, conc);
+                if let Err((job, dsn, reason)) = self.dests.push(key.clone(), job, &policy) {
+                    suspended.push((job, dsn, reason));
+                }
             }
         }
         let nothing_to_do = msg.outstanding == 0;
         self.active.insert(id.clone(), msg);
+        // Jobs for a dead destination: deferred without an attempt.
+        for (job, dsn, reason) in suspended {
+            self.defer_suspended(ctx, job, &dsn, &reason);
+        }
         if nothing_to_do {
             self.finish(ctx, id);
         } else {
@@ -371,7 +491,7 @@ impl Qmgr {
                             )
                         })
                         .collect();
-                    self.job_done(ctx, key, id, indexes, out);
+                    self.job_done(ctx, Some(key), id, indexes, out);
                 }
                 Some((agent, _)) => {
                     let fut = agent.send(Deliver(job));
@@ -379,7 +499,7 @@ impl Qmgr {
                         move |res, act, ctx| {
                             let _g = act.span.clone().entered();
                             let out = res.unwrap_or_default();
-                            act.job_done(ctx, key, id, indexes, out);
+                            act.job_done(ctx, Some(key), id, indexes, out);
                         },
                     ));
                 }
@@ -387,19 +507,36 @@ impl Qmgr {
         }
     }
 
+    /// Defers a job of a dead destination without trying it, with Postfix's log line
+    /// `status=deferred (delivery temporarily suspended: …)`.
+    fn defer_suspended(&mut self, ctx: &mut Context<Self>, job: Job, dsn: &str, reason: &str) {
+        let now = SystemTime::now();
+        let o = Outcome::deferred(dsn, reason);
+        let mut out = Vec::new();
+        for r in &job.recipients {
+            crate::delivery::log_outcome(&job, r, "none", now, &o);
+            out.push((r.index, o.clone()));
+        }
+        let indexes = job.recipients.iter().map(|r| r.index).collect();
+        self.job_done(ctx, None, job.queue_id.clone(), indexes, out);
+    }
+
+    /// A job's outcomes; `key` is the destination whose window it used (None: never started).
     fn job_done(
         &mut self,
         ctx: &mut Context<Self>,
-        key: DestKey,
+        key: Option<DestKey>,
         id: String,
         indexes: Vec<usize>,
         out: Vec<(usize, Outcome)>,
     ) {
         let _g = self.span.clone().entered();
-        let success = out
-            .iter()
-            .any(|(_, o)| !matches!(o, Outcome::Deferred { .. }));
-        self.dests.done(&key, success);
+        if let Some(key) = key {
+            let drained = self.dests.done(&key, site_feedback(&out));
+            for (job, dsn, reason) in drained {
+                self.defer_suspended(ctx, job, &dsn, &reason);
+            }
+        }
         if let Some(msg) = self.active.get_mut(&id) {
             let got: HashMap<usize, Outcome> = out.into_iter().collect();
             for i in indexes {
@@ -497,7 +634,8 @@ impl Qmgr {
             && !s.delay_warning_time.is_zero()
             && age >= s.delay_warning_time
             && !msg.record.meta.delay_warned
-            && !env.sender.is_empty();
+            && !env.sender.is_empty()
+            && !env.sender.eq_ignore_ascii_case(&s.double_bounce);
         let delay_rcpts: Vec<usize> = if warn_delay {
             pending
                 .iter()
@@ -528,7 +666,32 @@ impl Qmgr {
                     !n.never && (!n.explicit || n.failure)
                 })
                 .collect();
-            if !env.sender.is_empty() && !notify_failure.is_empty() {
+            let classes = |c: &str| s.notify_classes.iter().any(|x| x == c);
+            let from_double_bounce = env.sender.eq_ignore_ascii_case(&s.double_bounce);
+            if env.sender.is_empty() && !bounced.is_empty() {
+                // A bounce (or other null-sender mail) failed: a double bounce to the
+                // postmaster when notify_classes asks for it, else it is dropped.
+                if classes("2bounce") || classes("bounce") {
+                    send_notice(
+                        &q,
+                        &s,
+                        &idc,
+                        &record,
+                        &content,
+                        Kind::Postmaster,
+                        &bounced,
+                        &outcomes,
+                        "postmaster non-delivery notification",
+                        Some((&s.two_bounce_rcpt, &s.double_bounce)),
+                    )
+                    .await;
+                } else {
+                    tracing::info!("{idc}: undeliverable bounce notification discarded (notify_classes has no 2bounce)");
+                }
+            } else if from_double_bounce && !bounced.is_empty() {
+                // A postmaster notice failed: never a third notice.
+                tracing::warn!("{idc}: undeliverable postmaster notification discarded");
+            } else if !env.sender.is_empty() && !notify_failure.is_empty() {
                 send_notice(
                     &q,
                     &s,
@@ -539,10 +702,26 @@ impl Qmgr {
                     &notify_failure,
                     &outcomes,
                     "sender non-delivery notification",
+                    None,
                 )
                 .await;
+                if classes("bounce") {
+                    send_notice(
+                        &q,
+                        &s,
+                        &idc,
+                        &record,
+                        &content,
+                        Kind::Postmaster,
+                        &notify_failure,
+                        &outcomes,
+                        "postmaster non-delivery notification",
+                        Some((&s.bounce_rcpt, &s.double_bounce)),
+                    )
+                    .await;
+                }
             }
-            if !env.sender.is_empty() && !success.is_empty() {
+            if !env.sender.is_empty() && !from_double_bounce && !success.is_empty() {
                 send_notice(
                     &q,
                     &s,
@@ -553,6 +732,7 @@ impl Qmgr {
                     &success,
                     &outcomes,
                     "sender delivery status notification",
+                    None,
                 )
                 .await;
             }
@@ -567,6 +747,7 @@ impl Qmgr {
                     &delay_rcpts,
                     &outcomes,
                     "sender delay notification",
+                    None,
                 )
                 .await;
             }
@@ -619,6 +800,35 @@ impl Qmgr {
     }
 }
 
+/// What a job says about its site: reached when any recipient got a final answer or a
+/// recipient-level deferral (a 4xx to RCPT TO or after DATA means the site works); failed
+/// when every recipient was deferred for a site reason (connection, greeting, MAIL FROM,
+/// transport unavailable…), which is what drives Postfix's negative feedback.
+fn site_feedback(out: &[(usize, Outcome)]) -> Feedback2 {
+    let mut first: Option<(&str, &str)> = None;
+    for (_, o) in out {
+        match o {
+            Outcome::Deferred { dsn, reason } => {
+                if reason.contains("in reply to RCPT TO")
+                    || reason.contains("in reply to end of DATA")
+                {
+                    return Feedback2::Reached;
+                }
+                first.get_or_insert((dsn, reason));
+            }
+            _ => return Feedback2::Reached,
+        }
+    }
+    match first {
+        Some((dsn, reason)) => Feedback2::Failed {
+            dsn: dsn.to_string(),
+            reason: reason.to_string(),
+        },
+        // A job without recipients says nothing about the site.
+        None => Feedback2::Reached,
+    }
+}
+
 /// Writes this round's outcomes into the record's recipients.
 fn apply_outcomes(rec: &mut Record, outcomes: &HashMap<usize, Outcome>) {
     for (&i, o) in outcomes {
@@ -656,6 +866,8 @@ async fn send_notice(
     idx: &[usize],
     outcomes: &HashMap<usize, Outcome>,
     what: &str,
+    // A postmaster notice: (to, envelope sender); None: to the original sender from <>.
+    postmaster: Option<(&str, &str)>,
 ) {
     let notice_id = match q.new_id().await {
         Ok(i) => i,
@@ -709,19 +921,28 @@ async fn send_notice(
         queue_id: id,
         notice_id: &notice_id,
         sender: &record.envelope.sender,
+        to: postmaster.map(|(to, _)| to),
         arrival,
         now,
         recipients: &rcpts,
         original: content,
-        ret: record.envelope.ret,
+        ret: if postmaster.is_some() {
+            Some(crate::envelope::Ret::Hdrs)
+        } else {
+            record.envelope.ret
+        },
         envid: record.envelope.envid.as_deref(),
         size_limit: s.bounce_size_limit,
     });
-    let mut rcpt = Recipient::new(record.envelope.sender.clone());
+    let (to, from) = match postmaster {
+        Some((to, from)) => (to.to_string(), from.to_string()),
+        None => (record.envelope.sender.clone(), String::new()),
+    };
+    let mut rcpt = Recipient::new(to);
     rcpt.notify.never = true;
     let rec = Record {
         envelope: Envelope {
-            sender: String::new(),
+            sender: from,
             recipients: vec![rcpt],
             ..Default::default()
         },

@@ -10,10 +10,16 @@
 //!   (qmgr_message_active_limit) and its per-destination queues. Each active message's
 //!   pending recipients are resolved by trivial-rewrite into (transport, next hop) and grouped
 //!   into jobs of at most destination_recipient_limit recipients. Destinations are served
-//!   round-robin, each with a concurrency window that starts at
-//!   initial_destination_concurrency, grows with each success up to the transport's
-//!   `_destination_concurrency_limit` (default_destination_concurrency_limit) and shrinks on
-//!   failures; the transport's master.cf maxproc caps the total. Every outcome is written to
+//!   round-robin, each with Postfix's concurrency feedback (dest.rs): the window starts at
+//!   initial_destination_concurrency, grows by one per window's worth of deliveries that
+//!   reached the site (positive feedback 1/concurrency) up to the transport's
+//!   `_destination_concurrency_limit`, shrinks likewise on site failures (negative
+//!   feedback), and after default_destination_concurrency_failed_cohort_limit failed
+//!   cohorts the destination is dead for minimal_backoff_time: its jobs are deferred at
+//!   once, logged `ID: to=<…>, relay=none, …, status=deferred (delivery temporarily
+//!   suspended: …)`. A job fails the site when every recipient was deferred for a reason
+//!   other than a reply to RCPT TO or end of DATA. The transport's master.cf maxproc caps
+//!   the total. Every outcome is written to
 //!   the record before the message moves on: all done → removed (after any notice is durably
 //!   queued); some deferred → deferred with an exponential backoff between
 //!   minimal_backoff_time and maximal_backoff_time; too old (maximal_queue_lifetime,
@@ -41,6 +47,11 @@
 //!   maximal_backoff_time (4000s), maximal_queue_lifetime (5d), bounce_queue_lifetime (5d),
 //!   delay_warning_time (0h), initial_destination_concurrency (5),
 //!   default_destination_concurrency_limit (20), default_destination_recipient_limit (50),
+//!   default_destination_concurrency_positive_feedback (1/concurrency),
+//!   default_destination_concurrency_negative_feedback (1/concurrency),
+//!   default_destination_concurrency_failed_cohort_limit (1), `transport`_initial_destination_concurrency,
+//!   `transport`_destination_concurrency_{positive,negative}_feedback,
+//!   `transport`_destination_concurrency_failed_cohort_limit,
 //!   bounce_size_limit (50000), `transport`_destination_concurrency_limit,
 //!   `transport`_destination_recipient_limit
 

@@ -1573,7 +1573,7 @@ impl Policy {
         }
     }
 
-    /// Unknown users of virtual mailbox and virtual alias domains are refused at RCPT.
+    /// Unknown users of local, virtual mailbox and virtual alias domains are refused at RCPT.
     fn unlisted(&self, rcpt: &str) -> Option<String> {
         let disp = format!("<{rcpt}>");
         let expanded = match self.rewriter.expand(rcpt) {
@@ -1582,6 +1582,16 @@ impl Policy {
         };
         for a in expanded {
             match self.rewriter.resolve(&a) {
+                // Unknown local users (local_recipient_maps), as Postfix's smtpd refuses them.
+                Ok(res) if res.class == Class::Local => match self.rewriter.local_user_known(&res.address) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Some(format!(
+                            "550 5.1.1 {disp}: Recipient address rejected: User unknown in local recipient table"
+                        ))
+                    }
+                    Err(e) => return Some(format!("451 4.3.0 {disp}: Temporary lookup failure ({e})")),
+                },
                 Ok(res) if res.transport == "error" && res.nexthop.starts_with("5.1.1 ") => {
                     let text = res.nexthop.trim_start_matches("5.1.1 ");
                     return Some(format!(

@@ -14,7 +14,10 @@
 //!   virtual_transport, and must be listed in virtual_mailbox_maps; relay_domains to
 //!   relay_transport; everything else to default_transport via relayhost or the domain's MX.
 //!   transport_maps (full address, then domain, then parent domains) override the transport
-//!   and/or next hop; `[host]:port` next hops skip the MX lookup.
+//!   and/or next hop; `[host]:port` next hops skip the MX lookup. `[address]` literals are
+//!   local when they name an inet_interfaces address (every interface address for `all`).
+//!   local_recipient_maps (alias tables read as aliases(5) text, unix:passwd.byname through
+//!   getpwnam) tells smtpd which local users exist (`local_user_known`).
 //!
 //! QUEUES
 //!   None: a library that qmgr and smtpd call (Postfix's rewrite service, in-process).
@@ -29,7 +32,8 @@
 //!   virtual_mailbox_domains, virtual_mailbox_maps, relay_domains, transport_maps,
 //!   local_transport (local:$myhostname), virtual_transport (virtual), relay_transport (relay),
 //!   default_transport (smtp), relayhost (), virtual_alias_recursion_limit (1000),
-//!   virtual_alias_expansion_limit (1000), inet_interfaces (all)
+//!   virtual_alias_expansion_limit (1000), inet_interfaces (all), alias_maps,
+//!   local_recipient_maps (proxy:unix:passwd.byname $alias_maps)
 
 pub mod resolve;
 

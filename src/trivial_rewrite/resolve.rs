@@ -123,6 +123,12 @@ pub struct Rewriter {
     relayhost: String,
     recursion_limit: usize,
     expansion_limit: usize,
+    /// local_recipient_maps split into its alias part (aliases(5) files) and its user part;
+    /// None when the list is empty (every local user is accepted).
+    local_users: Option<(
+        crate::local::aliases::Sources,
+        crate::local::aliases::Sources,
+    )>,
 }
 
 fn split_transport(s: &str) -> (String, String) {
@@ -141,10 +147,31 @@ impl Rewriter {
     pub fn from_config(cfg: &Config) -> Result<Rewriter, RewriteError> {
         let parent = cfg.get_list("parent_domain_matches_subdomains");
         let pm = |n: &str| parent.iter().any(|p| p == n);
-        let own_addrs = crate::config::interface_networks()
+        // [address] literals are local when they name an interface we receive mail on:
+        // every interface address for inet_interfaces = all, else the listed ones.
+        let interfaces = cfg.get_list("inet_interfaces");
+        let all_addrs: Vec<IpAddr> = crate::config::interface_networks()
             .iter()
             .map(|n| n.addr())
             .collect();
+        let mut own_addrs: Vec<IpAddr> = Vec::new();
+        for i in &interfaces {
+            match i.as_str() {
+                "all" => own_addrs.extend(all_addrs.iter().copied()),
+                "loopback-only" => {
+                    own_addrs.extend(all_addrs.iter().copied().filter(|a| a.is_loopback()))
+                }
+                a => {
+                    if let Ok(ip) = a
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<IpAddr>()
+                    {
+                        own_addrs.push(ip);
+                    }
+                }
+            }
+        }
         Ok(Rewriter {
             myorigin: cfg.get("myorigin").to_ascii_lowercase(),
             mydomain: cfg.get("mydomain").to_ascii_lowercase(),
@@ -166,6 +193,30 @@ impl Rewriter {
             relayhost: cfg.get("relayhost"),
             recursion_limit: cfg.get_int("virtual_alias_recursion_limit").max(1) as usize,
             expansion_limit: cfg.get_int("virtual_alias_expansion_limit").max(1) as usize,
+            local_users: {
+                let lrm = cfg.get_list("local_recipient_maps");
+                let aliases = cfg.get_list("alias_maps");
+                if lrm.is_empty() {
+                    None
+                } else {
+                    // Tables that cannot be opened are left out; the local agent warns.
+                    let (a, _) = crate::local::aliases::Sources::open(
+                        &lrm.iter()
+                            .filter(|m| aliases.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                        true,
+                    );
+                    let (u, _) = crate::local::aliases::Sources::open(
+                        &lrm.iter()
+                            .filter(|m| !aliases.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                        false,
+                    );
+                    Some((a, u))
+                }
+            },
         })
     }
 
@@ -202,6 +253,36 @@ impl Rewriter {
         self.mydestination.matches(domain)
     }
 
+    /// Whether a local-domain recipient is known to local_recipient_maps (always true when
+    /// the list is empty): `user+ext`, then `user`, lower case, in the alias and user tables.
+    /// smtpd refuses unknown ones at RCPT ("User unknown in local recipient table").
+    pub fn local_user_known(&self, addr: &str) -> Result<bool, RewriteError> {
+        let Some((aliases, users)) = &self.local_users else {
+            return Ok(true);
+        };
+        let local = addr
+            .rsplit_once('@')
+            .map(|(l, _)| l)
+            .unwrap_or(addr)
+            .to_lowercase();
+        let (base, ext) = self.split_ext(&local);
+        let mut keys = vec![local.as_str()];
+        if ext.is_some() {
+            keys.push(base);
+        }
+        for k in keys {
+            for s in [aliases, users] {
+                if s.lookup(k)
+                    .map_err(|e| RewriteError::Temporary(e.to_string()))?
+                    .is_some()
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// The class of a domain, for relay control and resolution.
     pub fn domain_class(&self, domain: &str) -> Result<Class, RewriteError> {
         if self.is_local_domain(domain)? {
@@ -215,6 +296,16 @@ impl Rewriter {
         } else {
             Ok(Class::Default)
         }
+    }
+
+    /// `user+ext` → (`user`, Some(`+ext`)) with recipient_delimiter; for the local agent.
+    pub fn split_extension<'a>(&self, local: &'a str) -> (&'a str, Option<&'a str>) {
+        self.split_ext(local)
+    }
+
+    /// recipient_delimiter's characters.
+    pub fn delimiters(&self) -> &str {
+        &self.delimiters
     }
 
     fn split_ext<'a>(&self, local: &'a str) -> (&'a str, Option<&'a str>) {
@@ -549,5 +640,32 @@ mod tests {
             r.expand("plain@z.example").unwrap(),
             vec!["plain@z.example"]
         );
+    }
+
+    #[test]
+    fn local_recipient_maps() {
+        let (r, _d) = rw(
+            "mydestination = localhost\nrecipient_delimiter = +\nalias_maps = texthash:@DIR@/aliases\nlocal_recipient_maps = texthash:@DIR@/users $alias_maps\n",
+            &[("aliases", "postmaster: root\n"), ("users", "bob x\n")],
+        );
+        for (a, known) in [
+            ("bob@localhost", true),
+            ("Bob+x@localhost", true),
+            ("postmaster@localhost", true),
+            ("ghost@localhost", false),
+        ] {
+            assert_eq!(r.local_user_known(a).unwrap(), known, "{a}");
+        }
+        let (r, _d) = rw("mydestination = localhost\nlocal_recipient_maps =\n", &[]);
+        assert!(r.local_user_known("anyone@localhost").unwrap());
+    }
+
+    #[test]
+    fn address_literals_follow_inet_interfaces() {
+        let (r, _d) = rw("inet_interfaces = 192.0.2.7\n", &[]);
+        assert_eq!(r.domain_class("[192.0.2.7]").unwrap(), Class::Local);
+        assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Default);
+        let (r, _d) = rw("inet_interfaces = loopback-only\n", &[]);
+        assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Local);
     }
 }

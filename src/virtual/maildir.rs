@@ -21,6 +21,9 @@ pub struct Delivery<'a> {
     /// Message content with CRLF line ends, as stored in the queue.
     pub content: &'a [u8],
     pub hostname: &'a str,
+    /// (uid, gid) to give the Maildir and the message to: set by the local agent when it
+    /// runs as root and delivers to a system user (Postfix writes as the user).
+    pub owner: Option<(u32, u32)>,
 }
 
 fn mkdirs(maildir: &Path) -> std::io::Result<()> {
@@ -58,6 +61,16 @@ pub fn deliver(d: &Delivery) -> Outcome {
 
 fn write(d: &Delivery) -> std::io::Result<PathBuf> {
     mkdirs(d.maildir)?;
+    if let Some((uid, gid)) = d.owner {
+        for dir in [
+            d.maildir.to_path_buf(),
+            d.maildir.join("tmp"),
+            d.maildir.join("new"),
+            d.maildir.join("cur"),
+        ] {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -73,6 +86,9 @@ fn write(d: &Delivery) -> std::io::Result<PathBuf> {
     let tmp = d.maildir.join("tmp").join(&tmp_name);
     let mut f: File = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     let result = (|| {
+        if let Some((uid, gid)) = d.owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         let mut buf = Vec::with_capacity(d.content.len() + 128);
         let sender = if d.sender.is_empty() {
             String::new()
@@ -131,6 +147,7 @@ mod tests {
             recipient: "user@localhost",
             content: b"Subject: x\r\n\r\nhello\r\n",
             hostname: "mail",
+            owner: None,
         });
         assert_eq!(out, Outcome::sent("2.0.0", "delivered to maildir"));
         let files: Vec<_> = fs::read_dir(md.join("new")).unwrap().collect();
@@ -154,6 +171,7 @@ mod tests {
             recipient: "user@localhost",
             content: looped,
             hostname: "h",
+            owner: None,
         });
         assert!(matches!(out, Outcome::Bounced { .. }), "{out:?}");
         // A path under a regular file cannot be created: deferred, not lost.
@@ -165,7 +183,38 @@ mod tests {
             recipient: "u@l",
             content: b"\r\n",
             hostname: "h",
+            owner: None,
         });
         assert!(matches!(out, Outcome::Deferred { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn owner_gets_the_maildir_and_the_message() {
+        // Only root can give files away; as another user there is nothing to check.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let md = d.path().join("Maildir/");
+        let out = deliver(&Delivery {
+            maildir: &md,
+            sender: "a@b",
+            recipient: "u@l",
+            content: b"\r\n",
+            hostname: "h",
+            owner: Some((65534, 65534)),
+        });
+        assert!(matches!(out, Outcome::Sent { .. }), "{out:?}");
+        let f = fs::read_dir(md.join("new"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        for p in [f, md.join("new"), md.clone()] {
+            let m = fs::metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", p.display());
+        }
     }
 }

@@ -73,6 +73,7 @@ impl Transport for VirtualTransport {
                                 recipient: &r.address,
                                 content: &job.content,
                                 hostname: &hostname,
+                                owner: None,
                             }),
                         },
                     };

@@ -1,0 +1,204 @@
+//! The local delivery agent in the real binary: mydestination users (relais's
+//! local_mailbox_base mapping, no root needed), aliases with owner- and extensions,
+//! forwarding as a new message, unknown users and Delivered-To loops bouncing.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn sendmail(inst: &Instance, from: &str, to: &str, body: &[u8]) {
+    let mut child = Command::new(bin("sendmail"))
+        .args(["-C", inst.conf().to_str().unwrap(), "-f", from, to])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn local_new(inst: &Instance, user: &str) -> Vec<std::path::PathBuf> {
+    let dir = inst
+        .queue()
+        .join("localusers")
+        .join(user)
+        .join("Maildir/new");
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn local_users_aliases_forwarding_and_bounces() {
+    let mut inst = Instance::with_main_cf_extra(
+        "mydestination = mail.test\nmyorigin = mail.test\nrecipient_delimiter = +\nalias_maps = texthash:$config_directory/aliases\nlocal_recipient_maps = texthash:$config_directory/users $alias_maps\nlocal_mailbox_base = $queue_directory/localusers\nhome_mailbox = Maildir/\ntransport_maps = inline:{ { other.example = discard:forwarded copy dropped } }\n",
+    );
+    std::fs::write(
+        inst.conf().join("aliases"),
+        "postmaster: root\nroot: bob\nteam: bob, \\alice, remote@other.example\nowner-team: bob\n",
+    )
+    .unwrap();
+    std::fs::write(inst.conf().join("users"), "bob x\nalice x\n").unwrap();
+    inst.start();
+    // smtpd refuses unknown local users at RCPT (no backscatter), knows aliases and users.
+    let mut c = Smtp::connect(inst.smtp_port);
+    c.reply();
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<x@remote.example>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<ghost@mail.test>");
+    assert!(r.starts_with("550 5.1.1 <ghost@mail.test>: Recipient address rejected: User unknown in local recipient table"), "{r}");
+    for ok in ["bob+x@mail.test", "postmaster@mail.test", "TEAM@mail.test"] {
+        let r = c.cmd(&format!("RCPT TO:<{ok}>"));
+        assert!(r.starts_with("250"), "{ok}: {r}");
+    }
+    c.cmd("QUIT");
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "bob@mail.test",
+        b"Subject: one\n\nhello bob\n",
+    );
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "postmaster@mail.test",
+        b"Subject: two\n\nto postmaster\n",
+    );
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "team+news@mail.test",
+        b"Subject: three\n\nto the team\n",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || local_new(&inst, "bob").len()
+            >= 3
+            && local_new(&inst, "alice").len() >= 1),
+        "bob {:?} alice {:?}\n{}",
+        local_new(&inst, "bob"),
+        local_new(&inst, "alice"),
+        inst.log()
+    );
+    let texts: Vec<String> = local_new(&inst, "bob")
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t
+            .starts_with("Return-Path: <carol@localhost>\nDelivered-To: bob@mail.test\n")
+            && t.contains("hello bob")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("to postmaster")),
+        "{texts:?}"
+    );
+    // The remote member got a new message from owner-team, with Delivered-To: the alias.
+    assert!(
+        inst.wait_log(
+            "status=sent (forwarded copy dropped)",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        inst.log()
+    );
+    let log = inst.log();
+    assert!(
+        log.contains("to=<team+news@mail.test>, relay=local,")
+            && log
+                .contains("status=sent (delivered to maildir; delivered to maildir; forwarded as "),
+        "{log}"
+    );
+    assert!(log.contains("from=<owner-team@mail.test>"), "{log}");
+    assert!(
+        log.contains("to=<remote+news@other.example>, orig_to=<team+news@mail.test>, relay=none"),
+        "{log}"
+    );
+
+    // Unknown user and a forwarding loop: both bounce back to carol (a virtual mailbox).
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "ghost@mail.test",
+        b"Subject: four\n\nboo\n",
+    );
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "bob@mail.test",
+        b"Delivered-To: bob@mail.test\nSubject: five\n\nlooped\n",
+    );
+    let carol = || inst.maildir_new("carol");
+    assert!(
+        wait_until(Duration::from_secs(20), || carol().len() >= 2),
+        "{}",
+        inst.log()
+    );
+    let notices: String = carol()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        notices.contains("<ghost@mail.test>: unknown user: \"ghost\""),
+        "{notices}"
+    );
+    assert!(
+        notices.contains("<bob@mail.test>: mail forwarding loop for bob@mail.test"),
+        "{notices}"
+    );
+    assert!(
+        inst.wait_log(
+            "status=bounced (unknown user: \"ghost\")",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        inst.log()
+    );
+    inst.stop();
+}
+
+#[test]
+fn mailbox_transport_and_fallback_transport_hand_over() {
+    let mut inst = Instance::with_main_cf_extra(
+        "mydestination = mail.test\nmyorigin = mail.test\nalias_maps =\nlocal_recipient_maps =\nlocal_mailbox_base = $queue_directory/localusers\nmailbox_transport = discard:handed to mailbox_transport\nfallback_transport = discard:handed to fallback_transport\n",
+    );
+    inst.start();
+    // root is in the password database: mailbox_transport; the other is unknown: fallback.
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "root@mail.test",
+        b"Subject: m\n\nx\n",
+    );
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "no-such-user-relais@mail.test",
+        b"Subject: f\n\nx\n",
+    );
+    assert!(
+        inst.wait_log(
+            "status=sent (handed to fallback_transport)",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        inst.log()
+    );
+    assert!(
+        inst.wait_log(
+            "status=sent (handed to mailbox_transport)",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        inst.log()
+    );
+    let log = inst.log();
+    assert!(
+        log.contains("postfix/discard[") && log.contains("to=<root@mail.test>, relay=none,"),
+        "{log}"
+    );
+    // The hand-over is logged once, by the agent that did the work.
+    assert!(!log.contains("relay=local"), "{log}");
+    inst.stop();
+}
