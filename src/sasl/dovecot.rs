@@ -9,6 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 /// Bound on every exchange with the auth server.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on connecting (Postfix's AUTH_TIMEOUT): EHLO may wait for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest line accepted from the server.
 const MAX_LINE: u64 = 16 * 1024;
 /// Most lines read in a handshake or while waiting for one reply.
@@ -58,22 +60,31 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and runs the handshake.
+    /// Connects and runs the handshake, all of it bounded in time.
     pub async fn connect(ep: &Endpoint) -> Result<Conn, SaslError> {
+        tokio::time::timeout(CONNECT_TIMEOUT + TIMEOUT, Self::connect_inner(ep))
+            .await
+            .map_err(|_| SaslError::Timeout(ep.shown()))?
+    }
+
+    async fn connect_inner(ep: &Endpoint) -> Result<Conn, SaslError> {
         let name = ep.shown();
         let stream: Box<dyn Stream> = match ep {
             Endpoint::Unix(p) => {
-                let s = tokio::time::timeout(TIMEOUT, tokio::net::UnixStream::connect(p))
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(p))
                     .await
                     .map_err(|_| SaslError::Timeout(name.clone()))?
                     .map_err(|e| SaslError::Connect(name.clone(), e.to_string()))?;
                 Box::new(s)
             }
             Endpoint::Inet(hp) => {
-                let s = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(hp.as_str()))
-                    .await
-                    .map_err(|_| SaslError::Timeout(name.clone()))?
-                    .map_err(|e| SaslError::Connect(name.clone(), e.to_string()))?;
+                let s = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect(hp.as_str()),
+                )
+                .await
+                .map_err(|_| SaslError::Timeout(name.clone()))?
+                .map_err(|e| SaslError::Connect(name.clone(), e.to_string()))?;
                 Box::new(s)
             }
         };
@@ -225,7 +236,18 @@ impl Conn {
         self.reply().await
     }
 
+    /// The server's answer to the last request, bounded in time as a whole.
     async fn reply(&mut self) -> Step {
+        match tokio::time::timeout(TIMEOUT, self.reply_inner()).await {
+            Ok(step) => step,
+            Err(_) => {
+                tracing::warn!("SASL: {}", SaslError::Timeout(self.name.clone()));
+                Step::TempFailure("Connection lost to authentication server".into())
+            }
+        }
+    }
+
+    async fn reply_inner(&mut self) -> Step {
         for _ in 0..MAX_LINES {
             let line = match self.line().await {
                 Ok(l) => l,

@@ -111,6 +111,18 @@ impl Instance {
             self.log()
         );
         self.started = true;
+        // Ready means the services were started; a listener that could not bind (a port
+        // taken since free_port() chose it) shows here with the log, not as a bare ECONNREFUSED.
+        let port = self.smtp_port;
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "relais started but nothing listens on its smtp port {port}:\n{}",
+            self.log()
+        );
     }
 
     pub fn stop(&mut self) {
