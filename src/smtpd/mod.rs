@@ -68,6 +68,7 @@ mod data;
 mod ehlo;
 mod etrn;
 mod help;
+mod limits;
 mod mail;
 mod noop;
 pub mod policy;
