@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1 || test -x /usr/sbin/{tool}")])
+        .args([
+            "-c",
+            &format!("command -v {tool} >/dev/null 2>&1 || test -x /usr/sbin/{tool}"),
+        ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
@@ -47,7 +50,8 @@ fn raise_nofile() -> u64 {
 fn connect_from(from: &str, port: u16) -> std::io::Result<TcpStream> {
     if from == "127.0.0.1" {
         // The kernel's own choice: no bind needed.
-        let s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
+        let s =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         return Ok(s);
     }
@@ -160,7 +164,10 @@ fn connection_count_limit_holds_under_smtp_source_load_and_loses_nothing() {
     drop(held);
     // The server sees the four held sessions end.
     assert!(
-        wait_until(Duration::from_secs(10), || count(&inst.log(), "disconnect from") >= 7),
+        wait_until(Duration::from_secs(10), || count(
+            &inst.log(),
+            "disconnect from"
+        ) >= 7),
         "{}",
         inst.log()
     );
@@ -214,7 +221,10 @@ fn connection_count_limit_holds_under_smtp_source_load_and_loses_nothing() {
             .expect("smtp-source runs")
     };
     let connects = count(&inst.log(), "connect from unknown[127.0.0.1]");
-    let refused_before = count(&inst.log(), "warning: Connection concurrency limit exceeded: ");
+    let refused_before = count(
+        &inst.log(),
+        "warning: Connection concurrency limit exceeded: ",
+    );
     let mut first: Vec<Child> = (0..4).map(|_| Child(Some(spawn()))).collect();
     assert!(
         wait_until(Duration::from_secs(5), || count(
@@ -244,9 +254,12 @@ fn connection_count_limit_holds_under_smtp_source_load_and_loses_nothing() {
     // anvil's statistics, every anvil_status_update_time (1 s here).
     let stats = format!(": statistics: max connection count ");
     assert!(
-        wait_until(Duration::from_secs(5), || inst.log().lines().any(|l| l.contains("postfix/anvil[")
-            && l.contains(&stats)
-            && l.contains(&format!(" for ({port}:127.0.0.1) at ")))),
+        wait_until(Duration::from_secs(5), || inst
+            .log()
+            .lines()
+            .any(|l| l.contains("postfix/anvil[")
+                && l.contains(&stats)
+                && l.contains(&format!(" for ({port}:127.0.0.1) at ")))),
         "{}",
         inst.log()
     );
@@ -288,16 +301,27 @@ fn message_and_recipient_rate_limits_hold_under_smtp_source() {
     };
     // Four messages of two recipients: 4 MAIL FROM, 8 RCPT TO, exactly at both limits.
     let out = source("4");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(inst.queue_json().len(), 4);
     // The fifth message: MAIL FROM is the fifth (allowed), its first RCPT TO the ninth.
     let out = source("1");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains("450 4.7.1 Error: too many recipients from 127.0.0.1"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("450 4.7.1 Error: too many recipients from 127.0.0.1"),
+        "{err}"
+    );
     // The sixth: MAIL FROM is one too many.
     let out = source("1");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && err.contains("450 4.7.1 Error: too much mail from 127.0.0.1"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("450 4.7.1 Error: too much mail from 127.0.0.1"),
+        "{err}"
+    );
     let log = inst.log();
     assert!(log.contains(&format!("warning: Recipient address rate limit exceeded: 9 from unknown[127.0.0.1] for service {port}")), "{log}");
     assert!(log.contains(&format!("warning: Message delivery request rate limit exceeded: 6 from unknown[127.0.0.1] for service {port}")), "{log}");
@@ -309,8 +333,18 @@ fn message_and_recipient_rate_limits_hold_under_smtp_source() {
     inst.stop();
     // anvil logs its statistics when it stops.
     let log = inst.log();
-    assert!(log.contains(&format!("]: statistics: max message rate 6/60s for ({port}:127.0.0.1) at ")), "{log}");
-    assert!(log.contains(&format!("]: statistics: max recipient rate 9/60s for ({port}:127.0.0.1) at ")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "]: statistics: max message rate 6/60s for ({port}:127.0.0.1) at "
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "]: statistics: max recipient rate 9/60s for ({port}:127.0.0.1) at "
+        )),
+        "{log}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -353,9 +387,15 @@ fn a_thousand_idle_connections_do_not_stop_other_clients() {
     assert!(c.reply().starts_with("220 "));
     assert!(c.cmd("EHLO other.example").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<a@example.com>").starts_with("250 "));
-    assert!(c.cmd("RCPT TO:<user@localhost>").starts_with("250 "), "{}", inst.log());
+    assert!(
+        c.cmd("RCPT TO:<user@localhost>").starts_with("250 "),
+        "{}",
+        inst.log()
+    );
     assert!(c.cmd("DATA").starts_with("354 "));
-    assert!(c.cmd("Subject: other\r\n\r\nserved\r\n.").starts_with("250 2.0.0 Ok: queued"));
+    assert!(c
+        .cmd("Subject: other\r\n\r\nserved\r\n.")
+        .starts_with("250 2.0.0 Ok: queued"));
     assert!(c.cmd("QUIT").starts_with("221 "));
     let served_in = t.elapsed();
     eprintln!(
@@ -363,10 +403,18 @@ fn a_thousand_idle_connections_do_not_stop_other_clients() {
     );
     assert!(served_in < Duration::from_secs(5), "{served_in:?}");
     assert!(refused_in < Duration::from_secs(5), "{refused_in:?}");
-    assert!(inst.log().contains("file descriptor limit: "), "{}", inst.log());
+    assert!(
+        inst.log().contains("file descriptor limit: "),
+        "{}",
+        inst.log()
+    );
     drop(idle);
     inst.stop();
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -406,23 +454,33 @@ for i in range(3):
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        lines.len(),
+        3,
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // First: a new TLS session, allowed.
     assert!(lines[0].starts_with("220 250 "), "{text}");
     // Second: allowed to start (one so far), one too many once done: 421 and hang up.
     assert!(
-        lines[1].starts_with("220 421 4.7.0 ") && lines[1].contains("Error: too many new TLS sessions from unknown[127.0.0.1]"),
+        lines[1].starts_with("220 421 4.7.0 ")
+            && lines[1].contains("Error: too many new TLS sessions from unknown[127.0.0.1]"),
         "{text}"
     );
     // Third: refused before the handshake.
     assert_eq!(
-        lines[2],
-        "454 4.7.0 Error: too many new TLS sessions from unknown[127.0.0.1]",
+        lines[2], "454 4.7.0 Error: too many new TLS sessions from unknown[127.0.0.1]",
         "{text}"
     );
     let log = inst.log();
     assert!(log.contains(&format!("warning: New TLS session rate limit exceeded: 2 from unknown[127.0.0.1] for service {port}")), "{log}");
-    assert!(log.contains(&format!("warning: Refusing STARTTLS request from unknown[127.0.0.1] for service {port}")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "warning: Refusing STARTTLS request from unknown[127.0.0.1] for service {port}"
+        )),
+        "{log}"
+    );
     inst.stop();
 }
 
@@ -439,7 +497,11 @@ fn connection_rate_limit_against_the_real_binary() {
     }
     let s = connect_from("127.0.0.1", port).unwrap_or_else(|e| panic!("connect: {e}"));
     let g = first_line(&s);
-    assert!(g.starts_with("421 4.7.0 ") && g.ends_with("Error: too many connections from 127.0.0.1\r\n"), "{g}");
+    assert!(
+        g.starts_with("421 4.7.0 ")
+            && g.ends_with("Error: too many connections from 127.0.0.1\r\n"),
+        "{g}"
+    );
     assert!(inst.wait_log(
         &format!("warning: Connection rate limit exceeded: 4 from unknown[127.0.0.1] for service {port}"),
         Duration::from_secs(5)

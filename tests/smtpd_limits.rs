@@ -157,7 +157,11 @@ async fn a_client_that_talks_before_the_greeting_is_refused() {
         c.reply().await,
         "554 5.5.0 Error: SMTP protocol synchronization"
     );
-    assert_eq!(c.reply().await, "", "the server hangs up without a greeting");
+    assert_eq!(
+        c.reply().await,
+        "",
+        "the server hangs up without a greeting"
+    );
     let (log, _) = c.finish().await;
     assert!(
         log.contains("postfix/smtpd[") && log.contains(
@@ -165,7 +169,10 @@ async fn a_client_that_talks_before_the_greeting_is_refused() {
         ),
         "{log}"
     );
-    assert!(log.contains("disconnect from unknown[192.0.2.1] commands=0\n"), "{log}");
+    assert!(
+        log.contains("disconnect from unknown[192.0.2.1] commands=0\n"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -360,10 +367,19 @@ async fn replies_are_delayed_after_the_soft_error_limit() {
     c.finish().await;
     // Margins: a delay is at least the full second (a sleep never ends early); an undelayed
     // reply is given half a second, which a loaded machine still meets by far.
-    assert!(fast < Duration::from_millis(500), "first errors took {fast:?}");
+    assert!(
+        fast < Duration::from_millis(500),
+        "first errors took {fast:?}"
+    );
     assert!(slow1 >= Duration::from_millis(1000), "NOOP took {slow1:?}");
-    assert!(slow2 >= Duration::from_millis(2000), "MAIL+RCPT took {slow2:?}");
-    assert!(after < Duration::from_millis(500), "NOOP after delivery took {after:?}");
+    assert!(
+        slow2 >= Duration::from_millis(2000),
+        "MAIL+RCPT took {slow2:?}"
+    );
+    assert!(
+        after < Duration::from_millis(500),
+        "NOOP after delivery took {after:?}"
+    );
 }
 
 #[actix_rt::test]
@@ -377,7 +393,8 @@ async fn connection_rate_limit_refuses_with_421() {
         "myhostname = mail.example.com\nmail_name = relais\nsmtpd_client_connection_rate_limit = 2\nsmtpd_client_event_limit_exceptions =\n",
     )
     .unwrap();
-    let _smtpd = relais::smtpd::Smtpd::new(listener, &cfg, "smtp", Arc::new(Accept::default())).start();
+    let _smtpd =
+        relais::smtpd::Smtpd::new(listener, &cfg, "smtp", Arc::new(Accept::default())).start();
     let banner = |port: u16| {
         tokio::task::spawn_blocking(move || {
             let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

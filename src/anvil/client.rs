@@ -49,7 +49,10 @@ impl AnvilClient {
         }
     }
 
-    fn with_table<T>(t: &Arc<Mutex<Table>>, f: impl FnOnce(&mut Table) -> T) -> Result<T, AnvilError> {
+    fn with_table<T>(
+        t: &Arc<Mutex<Table>>,
+        f: impl FnOnce(&mut Table) -> T,
+    ) -> Result<T, AnvilError> {
         let mut g = t.lock().map_err(|_| AnvilError::Unavailable)?;
         Ok(f(&mut g))
     }
@@ -121,8 +124,12 @@ mod tests {
 
     #[actix_rt::test]
     async fn actor_client_counts_and_survives_absence() {
-        let addr = Anvil::new(Duration::from_secs(60), Duration::from_secs(600), "postfix/anvil")
-            .start();
+        let addr = Anvil::new(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            "postfix/anvil",
+        )
+        .start();
         let slot = Arc::new(Mutex::new(Some(addr)));
         let s2 = slot.clone();
         let c = AnvilClient::actor(Arc::new(move || s2.lock().ok().and_then(|g| g.clone())));

@@ -296,7 +296,10 @@ impl Table {
                 .cache_when
                 .map(|w| w.format("%b %e %H:%M:%S").to_string())
                 .unwrap_or_default();
-            out.push(format!("statistics: max cache size {} at {when}", p.cache_size));
+            out.push(format!(
+                "statistics: max cache size {} at {when}",
+                p.cache_size
+            ));
             p.cache_size = 0;
         }
         out

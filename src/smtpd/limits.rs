@@ -60,8 +60,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !self.settings.forbid_unauth_pipelining {
             return false;
         }
-        self.reply(Reply::new(554, "5.5.0 Error: SMTP protocol synchronization"))
-            .await;
+        self.reply(Reply::new(
+            554,
+            "5.5.0 Error: SMTP protocol synchronization",
+        ))
+        .await;
         true
     }
 
@@ -99,7 +102,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// smtpd_client_message_rate_limit at MAIL FROM; false when refused (450 queued).
     pub(super) async fn mail_rate_ok(&mut self) -> bool {
-        let Some(rate) = self.over(Event::Mail, self.settings.message_rate_limit).await else {
+        let Some(rate) = self
+            .over(Event::Mail, self.settings.message_rate_limit)
+            .await
+        else {
             return true;
         };
         let r = Reply::new(
@@ -130,7 +136,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         let r = Reply::new(
             450,
-            format!("4.7.1 Error: too many recipients from {}", self.info.client_addr),
+            format!(
+                "4.7.1 Error: too many recipients from {}",
+                self.info.client_addr
+            ),
         );
         self.reply(r).await;
         false
@@ -150,7 +159,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         let r = Reply::new(
             450,
-            format!("4.7.1 Error: too many AUTH commands from {}", self.info.client_addr),
+            format!(
+                "4.7.1 Error: too many AUTH commands from {}",
+                self.info.client_addr
+            ),
         );
         self.reply(r).await;
         false
@@ -182,7 +194,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         let r = Reply::new(
             454,
-            format!("4.7.0 Error: too many new TLS sessions from {}", self.info.namaddr()),
+            format!(
+                "4.7.0 Error: too many new TLS sessions from {}",
+                self.info.namaddr()
+            ),
         );
         self.reply(r).await;
     }
@@ -194,7 +209,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if resumed {
             return true;
         }
-        let Some(rate) = self.over(Event::NewTls, self.settings.new_tls_rate_limit).await else {
+        let Some(rate) = self
+            .over(Event::NewTls, self.settings.new_tls_rate_limit)
+            .await
+        else {
             return true;
         };
         warn!(

@@ -5,9 +5,9 @@
 use super::session::{Session, SessionInfo};
 use super::settings::Settings;
 use super::Backend;
+use crate::anvil::AnvilClient;
 use crate::config::Config;
 use actix::prelude::*;
-use crate::anvil::AnvilClient;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use tokio::io::AsyncWriteExt;

@@ -651,8 +651,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match tokio::time::timeout(self.settings.timeout, acceptor.accept(plain)).await {
             Ok(Ok(stream)) => {
                 let desc = crate::tlsmgr::describe(stream.get_ref().1);
-                let resumed = stream.get_ref().1.handshake_kind()
-                    == Some(rustls::HandshakeKind::Resumed);
+                let resumed =
+                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 if self.settings.tls_loglevel > 0 {
                     info!(
                         "Anonymous TLS connection established from {}: {desc}",

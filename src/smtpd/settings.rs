@@ -218,7 +218,11 @@ mod tests {
         assert_eq!(s.error_sleep_time, Duration::from_secs(1));
         assert_eq!(s.connection_count_limit, 50);
         assert_eq!(
-            (s.connection_rate_limit, s.message_rate_limit, s.recipient_rate_limit),
+            (
+                s.connection_rate_limit,
+                s.message_rate_limit,
+                s.recipient_rate_limit
+            ),
             (0, 0, 0)
         );
         assert_eq!((s.new_tls_rate_limit, s.auth_rate_limit), (0, 0));
