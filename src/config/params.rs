@@ -135,7 +135,7 @@ pub static PARAMS: &[Param] = &[
     p!("smtpd_client_auth_rate_limit", "0", Int, 0, MAXI, "AUTH commands one client may send per anvil_rate_time_unit (0: no limit)", Yes),
     p!("smtpd_client_connection_count_limit", "50", Int, 0, MAXI, "simultaneous connections one client may hold (0: no limit)", Yes),
     p!("smtpd_client_connection_rate_limit", "0", Int, 0, MAXI, "connections one client may make per anvil_rate_time_unit (0: no limit)", Yes),
-    p!("smtpd_client_event_limit_exceptions", "${smtpd_client_connection_limit_exceptions:$mynetworks}", List, "clients exempt from the per-client connection limits", Yes),
+    p!("smtpd_client_event_limit_exceptions", "${smtpd_client_connection_limit_exceptions:$mynetworks}", List, "clients exempt from the per-client connection count and rate limits (not reported to anvil)", Yes),
     p!("smtpd_client_message_rate_limit", "0", Int, 0, MAXI, "MAIL FROM commands one client may send per anvil_rate_time_unit (0: no limit)", Yes),
     p!("smtpd_client_new_tls_session_rate_limit", "0", Int, 0, MAXI, "new (not resumed) TLS sessions one client may negotiate per anvil_rate_time_unit (0: no limit)", Yes),
     p!("smtpd_client_recipient_rate_limit", "0", Int, 0, MAXI, "RCPT TO commands one client may send per anvil_rate_time_unit (0: no limit)", Yes),
