@@ -55,6 +55,10 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
         let shared = services::Shared::open(&cfg).await?;
         let specs = services::load_specs(&cfg)?;
         let sup = Supervisor::new(cfg.clone(), specs, services::starter(shared.clone())).start();
+        // The supervisor starts every service (and binds every listener) before it answers
+        // its first message: only then is the master ready, or a client that trusts the ready
+        // file could find the SMTP port closed.
+        let _ = sup.send(super::supervisor::Status).await;
         tracing::info!(
             "daemon started -- version {}, configuration {}",
             env!("CARGO_PKG_VERSION"),
