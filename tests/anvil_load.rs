@@ -42,7 +42,7 @@ fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A TCP connection to 127.0.0.1:port from the loopback address `from` (bound first, which
@@ -252,13 +252,13 @@ fn connection_count_limit_holds_under_smtp_source_load_and_loses_nothing() {
     eprintln!("count limit test: {:?}", started.elapsed());
 
     // anvil's statistics, every anvil_status_update_time (1 s here).
-    let stats = format!(": statistics: max connection count ");
+    let stats = ": statistics: max connection count ";
     assert!(
         wait_until(Duration::from_secs(5), || inst
             .log()
             .lines()
             .any(|l| l.contains("postfix/anvil[")
-                && l.contains(&stats)
+                && l.contains(stats)
                 && l.contains(&format!(" for ({port}:127.0.0.1) at ")))),
         "{}",
         inst.log()
@@ -511,5 +511,62 @@ fn connection_rate_limit_against_the_real_binary() {
         let s = connect_from("127.0.0.2", port).unwrap();
         assert!(first_line(&s).starts_with("220 "));
     }
+    inst.stop();
+}
+
+#[test]
+fn new_tls_session_rate_limit_in_wrapper_mode() {
+    let mut inst = Instance::with_main_cf_extra(
+        "smtpd_client_new_tls_session_rate_limit = 1\nsmtpd_client_event_limit_exceptions =\n",
+    );
+    inst.start();
+    let port = inst.smtps_port;
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+for i in range(3):
+    raw = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+    try:
+        s = ctx.wrap_socket(raw)
+        f = s.makefile("rb")
+        print(f.readline().decode().strip())
+        s.close()
+    except Exception as e:
+        print("no TLS:", type(e).__name__)
+        raw.close()
+"#
+    );
+    let out = run_bounded(
+        Command::new("python3").args(["-c", &script]),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lines[0].starts_with("220 "), "{text}");
+    // The second handshake is one too many: 421 instead of the greeting.
+    assert!(
+        lines[1].starts_with("421 4.7.0 ")
+            && lines[1].ends_with("Error: too many new TLS sessions from unknown[127.0.0.1]"),
+        "{text}"
+    );
+    // The third is refused before any handshake.
+    assert!(lines[2].starts_with("no TLS:"), "{text}");
+    let log = inst.log();
+    assert!(
+        log.contains("postfix/smtps/smtpd[")
+            && log.contains(&format!(
+                "warning: Refusing TLS service request from unknown[127.0.0.1] for service {port}"
+            )),
+        "{log}"
+    );
     inst.stop();
 }

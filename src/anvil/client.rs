@@ -139,8 +139,35 @@ mod tests {
         assert_eq!(c.event("smtp", &a, Event::Rcpt).await.unwrap(), 2);
         c.disconnect("smtp", &a);
         assert_eq!(c.connect("smtp", &a).await.unwrap(), (1, 2));
+        let live = slot.lock().unwrap().clone().unwrap();
+        assert_eq!(live.send(super::super::anvil::Size).await.unwrap(), 1);
         *slot.lock().unwrap() = None;
         assert!(c.connect("smtp", &a).await.is_err());
         c.disconnect("smtp", &a);
+    }
+
+    #[actix_rt::test]
+    async fn the_actor_forgets_idle_clients_by_itself() {
+        use super::super::anvil::Size;
+        let addr = Anvil::new(
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+            "postfix/anvil",
+        )
+        .start();
+        let c = AnvilClient::actor(Arc::new({
+            let a = addr.clone();
+            move || Some(a.clone())
+        }));
+        for i in 0..50u8 {
+            let a = IpAddr::from([192, 0, 2, i]);
+            c.connect("smtp", &a).await.unwrap();
+            c.disconnect("smtp", &a);
+        }
+        assert_eq!(addr.send(Size).await.unwrap(), 50);
+        // One time unit after the last session plus one sweep (every half unit): gone,
+        // without any further request.
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        assert_eq!(addr.send(Size).await.unwrap(), 0);
     }
 }
