@@ -570,3 +570,35 @@ for i in range(3):
     );
     inst.stop();
 }
+
+#[test]
+fn reject_unauth_pipelining_in_data_restrictions() {
+    // The seed's smtpd_data_restrictions, with the session kept open after improper
+    // pipelining (as Postfix before 3.9) so that the restriction is what refuses.
+    let mut inst = Instance::with_main_cf_extra(
+        "smtpd_data_restrictions = reject_unauth_pipelining, permit\nsmtpd_forbid_unauth_pipelining = no\n",
+    );
+    inst.start();
+    let mut c = common::Smtp::connect(inst.smtp_port);
+    assert!(c.reply().starts_with("220 "));
+    // HELO (no PIPELINING announced) followed at once by MAIL FROM.
+    c.send_raw(b"HELO client.example\r\nMAIL FROM:<a@example.com>\r\n");
+    assert!(c.reply().starts_with("250 "));
+    assert!(c.reply().starts_with("250 2.1.0"));
+    assert!(c.cmd("RCPT TO:<user@localhost>").starts_with("250 "));
+    assert_eq!(
+        c.cmd("DATA"),
+        "503 5.5.0 <DATA>: Data command rejected: Improper use of SMTP command pipelining\r\n"
+    );
+    assert!(c.cmd("QUIT").starts_with("221 "));
+    let log = inst.log();
+    assert!(
+        log.contains("improper command pipelining after HELO from unknown[127.0.0.1]: MAIL FROM:<a@example.com>\\r\\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reject: DATA from unknown[127.0.0.1]: 503 5.5.0 <DATA>: Data command rejected: Improper use of SMTP command pipelining;"),
+        "{log}"
+    );
+    inst.stop();
+}

@@ -5,7 +5,7 @@
 
 use relais::anvil::AnvilClient;
 use relais::envelope::{Envelope, Origin};
-use relais::smtpd::{Backend, BoxFuture, Reply, Session, SessionInfo, Settings};
+use relais::smtpd::{Backend, BoxFuture, Checked, Reply, Session, SessionInfo, Settings};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,11 +25,11 @@ impl Backend for Accept {
     fn new_queue_id(&self) -> String {
         format!("ID{:04}", self.next.fetch_add(1, Ordering::SeqCst) + 1)
     }
-    fn check_recipient(&self, s: &SessionInfo, _rcpt: &str) -> Result<(), Reply> {
+    fn check_recipient(&self, s: &SessionInfo, _rcpt: &str) -> BoxFuture<'static, Checked> {
         if s.ill_pipelining {
             self.saw_ill_pipelining.store(true, Ordering::SeqCst);
         }
-        Ok(())
+        Box::pin(async { Checked::permit() })
     }
     fn enqueue(
         &self,

@@ -57,7 +57,8 @@
 //!     smtp_mx_session_limit (2)
 //!     smtp_connection_cache_time_limit (2s)
 //!     smtp_connection_reuse_count_limit (100)
-//!     smtp_tls_security_level (empty)
+//!     smtp_tls_security_level (empty): smtp only; LMTP deliveries do not read it (Postfix's
+//!         lmtp reads lmtp_tls_security_level)
 //!     queue_directory (/var/spool/postfix)
 //!     inet_protocols (all), relais_dns_servers (empty): see [`crate::dns`]
 
@@ -341,7 +342,10 @@ impl Client {
             }
         };
 
-        if self.settings.tls_required {
+        // smtp_tls_security_level is the smtp client's: Postfix's lmtp(8) reads
+        // lmtp_tls_security_level instead (default empty), so LMTP to Dovecot on a unix socket
+        // is not held back by a site that requires TLS for outbound SMTP.
+        if self.settings.tls_required && !job.lmtp {
             finish_all(
                 &mut done,
                 Outcome::deferred(

@@ -146,8 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// smtpd_client_auth_rate_limit, for the AUTH command before any SASL exchange; false
-    /// when refused (450 queued). The SASL code (auth.rs) calls it first thing.
-    #[allow(dead_code)] // until auth.rs, written alongside, calls it
+    /// when refused (450 queued). auth.rs calls it once the AUTH syntax is checked.
     pub(super) async fn auth_rate_ok(&mut self) -> bool {
         let Some(rate) = self.over(Event::Auth, self.settings.auth_rate_limit).await else {
             return true;

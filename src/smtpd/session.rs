@@ -26,6 +26,21 @@ pub struct SessionInfo {
     /// The client sent commands ahead of time where that is not allowed (Postfix's
     /// SMTPD_FLAG_ILL_PIPELINING, what reject_unauth_pipelining tests).
     pub ill_pipelining: bool,
+    /// The PTR name (not forward-confirmed), or `unknown`.
+    pub reverse_name: String,
+    pub name_status: super::NameStatus,
+    pub reverse_status: super::NameStatus,
+    /// Queue ID of the transaction, once taken (for the policy service).
+    pub queue_id: Option<String>,
+    /// Recipients accepted so far in the transaction.
+    pub recipient_count: usize,
+    /// SIZE= of MAIL FROM, or the message size at end of data.
+    pub size: u64,
+    /// SASL mechanism and user after a successful AUTH.
+    pub sasl_method: Option<String>,
+    pub sasl_user: Option<String>,
+    /// AUTH= of the transaction in progress (xtext as received), for the log.
+    pub sasl_sender: Option<String>,
 }
 
 impl SessionInfo {
@@ -38,7 +53,8 @@ impl SessionInfo {
             protocol: "SMTP".to_string(),
             sender: None,
             service: service.to_string(),
-            ill_pipelining: false,
+            reverse_name: client_name.to_string(),
+            ..Default::default()
         }
     }
 
@@ -109,6 +125,9 @@ pub struct Session<S> {
     pub(super) cmd_ending: Ending,
     /// anvil and the client's address, when this client's rates are limited.
     pub(super) anvil: Option<(crate::anvil::AnvilClient, std::net::IpAddr)>,
+    /// smtpd_client_restrictions refused the client at connect (smtpd_delay_reject = no):
+    /// every command but QUIT, RSET and NOOP is refused.
+    pub(super) access_denied: Option<Reply>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -137,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             declared_size: None,
             cmd_ending: Ending::CrLf,
             anvil: None,
+            access_denied: None,
         }
     }
 
@@ -155,6 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn run_inner(mut self) {
+        self.lookup_client().await;
         let namaddr = self.info.namaddr();
         info!("connect from {namaddr}");
         if self.settings.tls_wrapper {
@@ -184,8 +205,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.end_early(&namaddr).await;
             return;
         }
-        let banner = self.settings.banner.clone();
-        self.push_reply(&Reply::new(220, banner));
+        match self.check_connect().await {
+            Some(refusal) => self.push_reply(&refusal),
+            None => {
+                let banner = self.settings.banner.clone();
+                self.push_reply(&Reply::new(220, banner));
+            }
+        }
         let res = self.command_loop().await;
         match res {
             Ok(()) => {}
@@ -337,15 +363,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.last_code = 0;
+        if let Some(r) = self.denied(counter) {
+            self.reply(r).await;
+            self.count(counter, false);
+            return Ok(Flow::Continue);
+        }
         let flow = match counter {
             "helo" => self.cmd_helo(args).await,
             "ehlo" => self.cmd_ehlo(args).await,
             "starttls" => self.cmd_starttls(args).await?,
-            "auth" => {
-                self.reply(Reply::new(503, "5.5.1 Error: authentication not enabled"))
-                    .await;
-                Flow::Continue
-            }
+            "auth" => self.cmd_auth(args).await?,
             "mail" => self.cmd_mail(line).await,
             "rcpt" => self.cmd_rcpt(line).await,
             "data" | "bdat" => {
@@ -416,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// made smtpd_soft_error_limit errors, every reply (not only error replies) waits
     /// smtpd_error_sleep_time first. Replies already queued are written before the wait, so
     /// a pipelining client is not kept from the answers it has earned.
-    pub(super) async fn reply(&mut self, r: Reply) {
+    pub(super) async fn reply(&mut self, mut r: Reply) {
         if self.error_count >= self.settings.soft_error_limit
             && !self.settings.error_sleep_time.is_zero()
         {
@@ -425,6 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if r.is_error() {
             self.error_count += 1;
+            super::reply::add_footer(&mut r, self.settings.footer(&self.info));
         }
         self.push_reply(&r);
     }
@@ -615,6 +643,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.state = State::Idle;
         }
         self.info.sender = None;
+        self.info.queue_id = None;
+        self.info.recipient_count = 0;
+        self.info.size = 0;
+        self.info.sasl_sender = None;
         self.declared_size = None;
     }
 
@@ -625,8 +657,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client_addr: self.info.client_addr.clone(),
             client_port: self.info.client_port,
             helo: self.info.helo.clone(),
-            protocol: self.info.protocol.clone(),
-            sasl_user: None,
+            // RFC 3848: ESMTPA / ESMTPSA once authenticated (ESMTP only, as Postfix).
+            protocol: match &self.info.sasl_user {
+                Some(_) if self.info.protocol.starts_with("ESMTP") => {
+                    format!("{}A", self.info.protocol)
+                }
+                _ => self.info.protocol.clone(),
+            },
+            sasl_user: self.info.sasl_user.clone(),
             uid: None,
             service: self.info.service.clone(),
             tls: self.tls.clone(),
@@ -710,6 +748,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reset_transaction();
         self.info.helo = None;
         self.info.protocol = "SMTP".into();
+        // RFC 3207: everything learnt before the handshake is forgotten, a login included.
+        self.info.sasl_method = None;
+        self.info.sasl_user = None;
         Ok(Flow::Continue)
     }
 }
