@@ -3,6 +3,7 @@
 //! The library holds every daemon (one folder each, named as in master.cf) and the pieces they
 //! share; the binaries in `src/main.rs` and `tools/` are thin edges around it.
 
+pub mod anvil;
 pub mod bounce;
 pub mod cleanup;
 pub mod cli;

@@ -57,8 +57,10 @@ async fn replay(name: &str, extra_cf: &str, deny: Reply) {
         eprintln!("skipping: {path} not found");
         return;
     };
+    // The reference is Postfix 3.7, where smtpd_forbid_unauth_pipelining defaults to no; the
+    // replay also sends the whole client side at once, which that check would refuse.
     let cf = format!(
-        "compatibility_level = 3.6\nmyhostname = mail.exemple.fr\nmail_name = Postfix\ndisable_vrfy_command = yes\n{extra_cf}"
+        "compatibility_level = 3.6\nmyhostname = mail.exemple.fr\nmail_name = Postfix\ndisable_vrfy_command = yes\nsmtpd_forbid_unauth_pipelining = no\n{extra_cf}"
     );
     let cfg = Config::from_text(Path::new("/nonexistent"), &cf).unwrap();
     let mut s = Settings::from_config(&cfg, "smtp");

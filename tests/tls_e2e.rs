@@ -130,13 +130,25 @@ fn commands_pipelined_with_starttls_are_discarded() {
     );
     drop(s);
     if let Ok(mut c) = child {
+        // EHLO ends a pipelining group: QUIT only after its reply (smtpd_forbid_unauth_pipelining).
         let mut stdin = c.stdin.take().unwrap();
-        stdin
-            .write_all(b"EHLO client.example.com\r\nQUIT\r\n")
-            .unwrap();
-        drop(stdin);
+        stdin.write_all(b"EHLO client.example.com\r\n").unwrap();
+        let mut rd = std::io::BufReader::new(c.stdout.take().unwrap());
         let mut out = String::new();
-        c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        // Bounded: s_client ends (EOF) when the server hangs up.
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut rd, &mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            out.push_str(&line);
+            if line.starts_with("250 ") {
+                break;
+            }
+        }
+        stdin.write_all(b"QUIT\r\n").unwrap();
+        drop(stdin);
+        rd.read_to_string(&mut out).unwrap();
         let _ = c.wait();
         assert!(
             out.contains("250 CHUNKING") && !out.contains("STARTTLS\r\n250"),

@@ -39,6 +39,7 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
     let master_tag = crate::log::tag(&cfg.get("syslog_name"), "master");
     crate::log::init(&cfg.get("myhostname"), &master_tag, sink, verbose);
     let lock = PidLock::acquire(&queue)?;
+    raise_nofile_limit();
     for p in cfg.check() {
         tracing::warn!("{}", p.text);
     }
@@ -54,6 +55,10 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
         let shared = services::Shared::open(&cfg).await?;
         let specs = services::load_specs(&cfg)?;
         let sup = Supervisor::new(cfg.clone(), specs, services::starter(shared.clone())).start();
+        // The supervisor starts every service (and binds every listener) before it answers
+        // its first message: only then is the master ready, or a client that trusts the ready
+        // file could find the SMTP port closed.
+        let _ = sup.send(super::supervisor::Status).await;
         tracing::info!(
             "daemon started -- version {}, configuration {}",
             env!("CARGO_PKG_VERSION"),
@@ -95,4 +100,44 @@ fn signal(
 ) -> Result<tokio::signal::unix::Signal, MasterError> {
     tokio::signal::unix::signal(kind)
         .map_err(|e| MasterError::Setup(format!("signal handler: {e}")))
+}
+
+/// Every SMTP session holds a descriptor: raise the soft RLIMIT_NOFILE to the hard limit so
+/// that idle clients cannot exhaust a small default (often 1024) before the per-client limits
+/// apply, and log what the process got.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim = want;
+        } else {
+            tracing::warn!(
+                "setrlimit(RLIMIT_NOFILE, {}): {}",
+                want.rlim_cur,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    tracing::info!(
+        "file descriptor limit: {} (was {before}, hard limit {})",
+        lim.rlim_cur,
+        lim.rlim_max
+    );
 }

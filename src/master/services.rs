@@ -28,6 +28,7 @@ pub struct Registry {
     pub cleanup: RwLock<Option<Addr<Cleanup>>>,
     pub pickup: RwLock<Option<Addr<Pickup>>>,
     pub qmgr: RwLock<Option<Addr<Qmgr>>>,
+    pub anvil: RwLock<Option<Addr<crate::anvil::Anvil>>>,
     pub agents: AgentTable,
 }
 
@@ -139,7 +140,7 @@ impl Shared {
 /// The order rows start in: what others depend on first.
 fn rank(command: &str) -> u8 {
     match command {
-        "cleanup" => 0,
+        "cleanup" | "anvil" => 0,
         "smtp" | "lmtp" | "virtual" | "error" | "discard" | "local" => 1,
         "qmgr" => 2,
         "pickup" => 3,
@@ -150,8 +151,8 @@ fn rank(command: &str) -> u8 {
 
 /// Commands served inside other actors or the master itself (no actor of their own):
 /// bounce notices are written by qmgr, address rewriting is a library, showq is the control
-/// socket, and anvil's connection counting lives in smtpd.
-const BUILT_IN: &[&str] = &["bounce", "trivial-rewrite", "showq", "anvil"];
+/// socket.
+const BUILT_IN: &[&str] = &["bounce", "trivial-rewrite", "showq"];
 
 /// The master.cf rows relais runs, with their `-o` overrides, in start order.
 pub fn load_specs(cfg: &Config) -> Result<Vec<ServiceSpec>, MasterError> {
@@ -352,6 +353,25 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                     on_stop: Box::new(|_| {}),
                 }))
             }
+            "anvil" => {
+                let addr = crate::anvil::Anvil::new(
+                    cfg.get_time("anvil_rate_time_unit"),
+                    cfg.get_time("anvil_status_update_time"),
+                    &tag,
+                )
+                .start();
+                if let Ok(mut g) = sh.registry.anvil.write() {
+                    *g = Some(addr.clone());
+                }
+                Ok(Box::new(ActorHandle {
+                    addr,
+                    // Like Postfix's anvil, the counters live as long as the process: a
+                    // reload keeps them (and the time unit they were counted with).
+                    on_reload: Box::new(|_, _| {}),
+                    // Postfix's anvil logs its statistics when it exits.
+                    on_stop: Box::new(|a| a.do_send(crate::anvil::anvil::Statistics)),
+                }))
+            }
             "pickup" => {
                 let cleanup = sh
                     .registry
@@ -453,11 +473,19 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                         sh2.registry.cleanup.read().ok().and_then(|g| g.clone())
                     }),
                 });
+                let reg = sh.registry.clone();
+                let anvil = crate::anvil::AnvilClient::actor(Arc::new(move || {
+                    reg.anvil.read().ok().and_then(|g| g.clone())
+                }));
                 let mut started = Vec::new();
                 for a in addrs {
                     let l = std::net::TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"))?;
                     let b: Arc<dyn crate::smtpd::Backend> = backend.clone();
-                    started.push(crate::smtpd::server::Smtpd::new(l, &cfg, &spec.name, b).start());
+                    started.push(
+                        crate::smtpd::server::Smtpd::new(l, &cfg, &spec.name, b)
+                            .with_anvil(anvil.clone())
+                            .start(),
+                    );
                 }
                 let sh3 = sh.clone();
                 Ok(Box::new(SmtpdService {

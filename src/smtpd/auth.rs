@@ -188,12 +188,3 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         s
     }
 }
-
-// MERGE NOTE: the anvil branch defines `Session::auth_rate_ok` in src/smtpd/limits.rs (the
-// smtpd_client_auth_rate_limit check, replying 450 itself). Until it is merged this stand-in
-// allows every AUTH; delete it when both branches meet.
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(super) async fn auth_rate_ok(&mut self) -> bool {
-        true
-    }
-}

@@ -162,6 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await;
         match res {
             Ok(()) => {
+                self.forgive_errors();
                 self.reply(Reply::new(250, format!("2.0.0 Ok: queued as {id}")))
                     .await
             }

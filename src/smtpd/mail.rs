@@ -26,6 +26,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .await;
             return Flow::Continue;
         }
+        if !self.mail_rate_ok().await {
+            return Flow::Continue;
+        }
         let from = match parse(line) {
             Ok(Request::Mail { from }) => from,
             Ok(_) | Err(ProtoError::SyntaxError { .. }) => {

@@ -25,9 +25,33 @@
 //!     passes permit_sasl_authenticated, is checked by smtpd_sender_login_maps (`login.rs`),
 //!     and its messages get `with ESMTPA`/`ESMTPSA` in Received:.
 //!
-//!     The [`Smtpd`] actor owns a listening socket, runs one tokio task per session and enforces
-//!     the per-client connection count limit. The rest of the mail system is reached through the
-//!     small [`Backend`] trait: a queue ID, a recipient check, and "enqueue this message".
+//!     The [`Smtpd`] actor owns a listening socket and runs one tokio task per session. Each
+//!     session from a client outside smtpd_client_event_limit_exceptions is reported to anvil
+//!     (the master's, or the listener's own counters when started alone), which answers the
+//!     client's session count and its connection, MAIL FROM, RCPT TO, new TLS session and AUTH
+//!     rates over anvil_rate_time_unit; smtpd enforces the smtpd_client_*_limit parameters with
+//!     Postfix's replies: `421 4.7.0 host Error: too many connections from addr` at connect,
+//!     `450 4.7.1 Error: too much mail from addr` at MAIL FROM, `450 4.7.1 Error: too many
+//!     recipients from addr` at RCPT TO, `454 4.7.0 Error: too many new TLS sessions from
+//!     host[addr]` at STARTTLS (421 after a new handshake that was one too many), `450 4.7.1
+//!     Error: too many AUTH commands from addr` at AUTH. The rest of the mail system is reached
+//!     through the small [`Backend`] trait: a queue ID, a recipient check, and "enqueue this
+//!     message".
+//!
+//!     Command pipelining (RFC 2920): input already waiting when smtpd is about to answer a
+//!     command that ends a group (HELO, EHLO, DATA, NOOP, VRFY), any command before EHLO, or
+//!     the greeting itself (a pre-greeting talker, stage CONNECT; not checked in TLS wrapper
+//!     mode), is improper pipelining. It is logged once per session and sets the flag
+//!     reject_unauth_pipelining tests ([`SessionInfo::ill_pipelining`]); with
+//!     smtpd_forbid_unauth_pipelining (default yes, as Postfix >= 3.9; Postfix 3.5.20-3.8
+//!     default to no) the reply is `554 5.5.0 Error: SMTP protocol synchronization` and the
+//!     session ends. Postfix's smtpd does the same pre-greeting check (postscreen's PREGREET
+//!     test, with its greet wait, is not implemented): it sees only what has arrived by the
+//!     time the greeting is about to be sent.
+//!
+//!     Tarpit (Postfix >= 2.1): once a client has made smtpd_soft_error_limit errors, every
+//!     reply waits smtpd_error_sleep_time first; at smtpd_hard_error_limit the session ends
+//!     with `421 4.7.0 host Error: too many errors`. A received message forgives the errors.
 //!
 //! QUEUES
 //!     smtpd writes nothing itself: complete messages go to [`Backend::enqueue`] (cleanup, then
@@ -46,10 +70,19 @@
 //!     `ID: client=host[addr], sasl_method=PLAIN, sasl_username=user`,
 //!     `warning: host[addr]: SASL PLAIN authentication failed: reason, sasl_username=user`
 //!     (fail2ban's postfix-sasl filter reads it), `warning: host[addr]: SASL LOGIN
-//!     authentication aborted`, `disconnect from host[addr] ehlo=1 … commands=N`.
+//!     authentication aborted`, `disconnect from host[addr] ehlo=1 … commands=N`,
+//!     `improper command pipelining after CMD from host[addr]: <input, escaped, 100 bytes>`,
+//!     `warning: Connection concurrency limit exceeded: N from host[addr] for service S`,
+//!     `warning: Connection rate limit exceeded: …`, `warning: Message delivery request rate
+//!     limit exceeded: …`, `warning: Recipient address rate limit exceeded: …`, `warning: New
+//!     TLS session rate limit exceeded: …`, `warning: AUTH command rate limit exceeded: …`,
+//!     `warning: Refusing STARTTLS request from host[addr] for service S`, `warning: Refusing
+//!     TLS service request from …` (wrapper mode).
 //!
 //! SECURITY
-//!     smtpd talks to untrusted clients. Memory is bounded whatever they send: command lines by
+//!     smtpd talks to untrusted clients. An idle client costs one task and one descriptor, never
+//!     the accept loop's attention; the master raises RLIMIT_NOFILE to its hard limit at start.
+//!     Memory is bounded whatever they send: command lines by
 //!     line_length_limit (the excess is discarded), message bodies by message_size_limit (the
 //!     excess is read and dropped, then refused with 552). Every read and write has
 //!     smtpd_timeout. Errors are counted and the session ended at smtpd_hard_error_limit.
@@ -60,6 +93,7 @@
 //!     for loopback clients; DNSBLs) and policy servers ([`policy_client`]).
 //!
 //! CONFIGURATION PARAMETERS
+//!     anvil_rate_time_unit (60s)
 //!     broken_sasl_auth_clients (no)
 //!     access_map_defer_code (450), access_map_reject_code (554), default_rbl_reply,
 //!     defer_code (450), invalid_hostname_reject_code (501), maps_rbl_reject_code (554),
@@ -81,10 +115,16 @@
 //!     message_size_limit (10240000)
 //!     myhostname (system host name)
 //!     smtpd_banner ($myhostname ESMTP $mail_name)
+//!     smtpd_client_auth_rate_limit (0)
 //!     smtpd_client_connection_count_limit (50)
+//!     smtpd_client_connection_rate_limit (0)
 //!     smtpd_client_event_limit_exceptions ($mynetworks)
+//!     smtpd_client_message_rate_limit (0)
+//!     smtpd_client_new_tls_session_rate_limit (0)
+//!     smtpd_client_recipient_rate_limit (0)
 //!     smtpd_error_sleep_time (1s)
 //!     smtpd_forbid_bare_newline (normalize)
+//!     smtpd_forbid_unauth_pipelining (yes)
 //!     smtpd_forbidden_commands (CONNECT GET POST)
 //!     smtpd_hard_error_limit (20)
 //!     smtpd_helo_required (no)
@@ -110,6 +150,7 @@ mod data;
 mod ehlo;
 mod etrn;
 mod help;
+mod limits;
 mod login;
 mod mail;
 mod noop;

@@ -74,6 +74,8 @@ pub struct Ctx<'a> {
     pub etrn_domain: &'a str,
     /// The SASL login name, for the sender login checks.
     pub sasl_user: Option<&'a str>,
+    /// The client pipelined improperly earlier in the session (reject_unauth_pipelining).
+    pub ill_pipelining: bool,
 }
 
 /// mynetworks as a list of networks (CIDR, bare addresses, `[v6]/n`).
@@ -153,6 +155,7 @@ const BUILTIN: &[&str] = &[
     "permit_sasl_authenticated",
     "reject_unauth_destination",
     "defer_unauth_destination",
+    "reject_unauth_pipelining",
     "reject_non_fqdn_recipient",
     "reject_non_fqdn_sender",
     "reject_non_fqdn_helo_hostname",
@@ -818,6 +821,15 @@ impl Policy {
                     Decision::Permit
                 }
                 "permit_sasl_authenticated" if ctx.sasl => Decision::Permit,
+                // Postfix >= 2.6: the session's flag, set by smtpd whenever the client sent
+                // commands ahead of time where that is not allowed (smtpd/limits.rs).
+                "reject_unauth_pipelining" if ctx.ill_pipelining => Decision::Reject(reject_text(
+                    503,
+                    Some("5.5.0"),
+                    &what,
+                    class,
+                    "Improper use of SMTP command pipelining",
+                )),
                 r if super::login::RESTRICTIONS.contains(&r) => {
                     match self.login.check(r, ctx.sender, ctx.sasl_user) {
                         Some(t) => Decision::Reject(t),
@@ -1881,5 +1893,21 @@ mod tests {
             )),
             Verdict::Reject(_)
         ));
+    }
+
+    #[test]
+    fn reject_unauth_pipelining_follows_the_session_flag() {
+        let p = policy("smtpd_data_restrictions = reject_unauth_pipelining, permit\n");
+        let mut c = ctx("192.0.2.1", "client.example.com", "a@example.com", "");
+        let ok = block(p.check_at(CheckPoint::Data, &c));
+        assert!(ok.reject.is_none());
+        c.ill_pipelining = true;
+        let r = block(p.check_at(CheckPoint::Data, &c))
+            .reject
+            .expect("refused");
+        assert_eq!(
+            r.one_line(),
+            "503 5.5.0 <DATA>: Data command rejected: Improper use of SMTP command pipelining"
+        );
     }
 }

@@ -26,6 +26,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Flow::Continue;
             }
         }
+        if !self.rcpt_rate_ok().await {
+            return Flow::Continue;
+        }
         let to = match parse(line) {
             Ok(Request::Rcpt { to }) => to,
             Err(ProtoError::InvalidRecipientAddress) if bare_local_part(line).is_some() => {

@@ -1,15 +1,15 @@
 //! The smtpd listener actor: accepts connections on a socket master hands it, runs one tokio
-//! task per session, applies reloaded settings to new sessions and limits how many sessions
-//! one client address may hold at once.
+//! task per session, applies reloaded settings to new sessions, and reports each session to
+//! anvil to enforce the per-client connection count and rate limits.
 
 use super::session::{Session, SessionInfo};
 use super::settings::Settings;
 use super::Backend;
+use crate::anvil::AnvilClient;
 use crate::config::Config;
 use actix::prelude::*;
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn, Instrument};
 
@@ -31,15 +31,12 @@ impl Handler<Stop> for Smtpd {
     }
 }
 
-/// How many sessions each client address holds, shared by the accept loop and the sessions.
-type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
 pub struct Smtpd {
     listener: Option<std::net::TcpListener>,
     settings: Arc<RwLock<Arc<Settings>>>,
     backend: Arc<dyn Backend>,
     service: String,
-    counts: Counts,
+    anvil: AnvilClient,
     accept: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -51,14 +48,22 @@ impl Smtpd {
         service: &str,
         backend: Arc<dyn Backend>,
     ) -> Self {
+        let settings = Settings::from_config(cfg, service);
         Smtpd {
             listener: Some(listener),
-            settings: Arc::new(RwLock::new(Arc::new(Settings::from_config(cfg, service)))),
+            anvil: AnvilClient::local(settings.anvil_unit),
+            settings: Arc::new(RwLock::new(Arc::new(settings))),
             backend,
             service: service.to_string(),
-            counts: Arc::new(Mutex::new(HashMap::new())),
             accept: None,
         }
+    }
+
+    /// Report to this anvil (the master's, shared by every listener of the mail system)
+    /// instead of the listener's own counters.
+    pub fn with_anvil(mut self, anvil: AnvilClient) -> Self {
+        self.anvil = anvil;
+        self
     }
 }
 
@@ -82,10 +87,10 @@ impl Actor for Smtpd {
         };
         let settings = self.settings.clone();
         let backend = self.backend.clone();
-        let counts = self.counts.clone();
+        let anvil = self.anvil.clone();
         let service = self.service.clone();
         self.accept = Some(tokio::spawn(accept_loop(
-            listener, settings, backend, counts, service,
+            listener, settings, backend, anvil, service,
         )));
     }
 
@@ -107,22 +112,16 @@ impl Handler<Reload> for Smtpd {
     }
 }
 
-/// Decrements the client's session count when the session ends, however it ends.
-struct CountGuard {
-    counts: Counts,
+/// Tells anvil the session ended when it ends, however it ends.
+struct AnvilGuard {
+    anvil: AnvilClient,
+    service: String,
     ip: IpAddr,
 }
 
-impl Drop for CountGuard {
+impl Drop for AnvilGuard {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.counts.lock() {
-            if let Some(n) = c.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    c.remove(&self.ip);
-                }
-            }
-        }
+        self.anvil.disconnect(&self.service, &self.ip);
     }
 }
 
@@ -130,10 +129,11 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     settings: Arc<RwLock<Arc<Settings>>>,
     backend: Arc<dyn Backend>,
-    counts: Counts,
+    anvil: AnvilClient,
     service: String,
 ) {
-    // Runs until the actor stops and aborts it.
+    // Runs until the actor stops and aborts it. Nothing here waits on a client: the session
+    // task does the rest, so a slow or idle client never holds up the next accept.
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -148,42 +148,66 @@ async fn accept_loop(
             Ok(s) => s.clone(),
             Err(_) => continue,
         };
-        let ip = peer.ip();
-        let current = match counts.lock() {
-            Ok(mut c) => {
-                let n = c.entry(ip).or_insert(0);
-                *n += 1;
-                *n
-            }
-            Err(_) => continue,
-        };
-        let guard = CountGuard {
-            counts: counts.clone(),
-            ip,
-        };
-        let info = SessionInfo::new("unknown", &ip.to_string(), peer.port(), &service);
+        let info = SessionInfo::new("unknown", &peer.ip().to_string(), peer.port(), &service);
         let backend = backend.clone();
+        let anvil = anvil.clone();
+        let service = service.clone();
         tokio::spawn(async move {
-            let _guard = guard;
-            let limit = s.connection_count_limit;
-            if limit > 0 && current > limit && !s.limit_exempt(ip) {
-                let span = crate::log::service_span!(s.tag.clone());
-                refuse(stream, &s, &info, current).instrument(span).await;
-                return;
+            let ip = peer.ip();
+            let reported = s.uses_anvil() && !s.limit_exempt(ip);
+            let mut _guard = None;
+            if reported {
+                match anvil.connect(&service, &ip).await {
+                    Ok((count, rate)) => {
+                        _guard = Some(AnvilGuard {
+                            anvil: anvil.clone(),
+                            service: service.clone(),
+                            ip,
+                        });
+                        let span = crate::log::service_span!(s.tag.clone());
+                        let limit = s.connection_count_limit;
+                        if limit > 0 && count as usize > limit {
+                            let why = format!(
+                                "Connection concurrency limit exceeded: {count} from {} for service {}",
+                                info.namaddr(),
+                                s.service
+                            );
+                            refuse(stream, &s, &info, &why).instrument(span).await;
+                            return;
+                        }
+                        let limit = s.connection_rate_limit;
+                        if limit > 0 && rate > limit {
+                            let why = format!(
+                                "Connection rate limit exceeded: {rate} from {} for service {}",
+                                info.namaddr(),
+                                s.service
+                            );
+                            refuse(stream, &s, &info, &why).instrument(span).await;
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let span = crate::log::service_span!(s.tag.clone());
+                        span.in_scope(|| warn!("{e}; connection limits not applied"));
+                    }
+                }
             }
-            Session::new(stream, s, backend, info).run().await;
+            let session = Session::new(stream, s, backend, info);
+            let session = if reported {
+                session.with_anvil(anvil, ip)
+            } else {
+                session
+            };
+            session.run().await;
         });
     }
 }
 
-/// Postfix's answer to one connection too many from the same client.
-async fn refuse(mut stream: tokio::net::TcpStream, s: &Settings, info: &SessionInfo, count: usize) {
+/// Postfix's answer to one connection too many (or too fast) from the same client.
+async fn refuse(mut stream: tokio::net::TcpStream, s: &Settings, info: &SessionInfo, why: &str) {
     let namaddr = info.namaddr();
     info!("connect from {namaddr}");
-    warn!(
-        "Connection concurrency limit exceeded: {count} from {namaddr} for service {}",
-        s.service
-    );
+    warn!("{why}");
     let line = format!(
         "421 4.7.0 {} Error: too many connections from {}\r\n",
         s.myhostname, info.client_addr

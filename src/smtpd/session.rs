@@ -23,6 +23,9 @@ pub struct SessionInfo {
     pub sender: Option<String>,
     /// master.cf service name.
     pub service: String,
+    /// The client sent commands ahead of time where that is not allowed (Postfix's
+    /// SMTPD_FLAG_ILL_PIPELINING, what reject_unauth_pipelining tests).
+    pub ill_pipelining: bool,
     /// The PTR name (not forward-confirmed), or `unknown`.
     pub reverse_name: String,
     pub name_status: super::NameStatus,
@@ -120,6 +123,8 @@ pub struct Session<S> {
     pub(super) declared_size: Option<u64>,
     /// How the current command line ended (DATA needs it to find `<CR><LF>.<CR><LF>`).
     pub(super) cmd_ending: Ending,
+    /// anvil and the client's address, when this client's rates are limited.
+    pub(super) anvil: Option<(crate::anvil::AnvilClient, std::net::IpAddr)>,
     /// smtpd_client_restrictions refused the client at connect (smtpd_delay_reject = no):
     /// every command but QUIT, RSET and NOOP is refused.
     pub(super) access_denied: Option<Reply>,
@@ -150,8 +155,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             last_code: 0,
             declared_size: None,
             cmd_ending: Ending::CrLf,
+            anvil: None,
             access_denied: None,
         }
+    }
+
+    /// Report this client's MAIL, RCPT, TLS and AUTH events to anvil and enforce the
+    /// smtpd_client_*_rate_limit parameters (not called for exempt clients).
+    pub fn with_anvil(mut self, anvil: crate::anvil::AnvilClient, ip: std::net::IpAddr) -> Self {
+        self.anvil = Some((anvil, ip));
+        self
     }
 
     /// Runs the session to its end inside the smtpd log span. Errors are logged, not returned:
@@ -166,12 +179,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let namaddr = self.info.namaddr();
         info!("connect from {namaddr}");
         if self.settings.tls_wrapper {
-            if let Err(e) = self.handshake().await {
-                info!("SSL_accept error from {namaddr}: {e}");
-                info!("lost connection after CONNECT from {namaddr}");
+            if !self.new_tls_allowed().await {
+                warn!(
+                    "Refusing TLS service request from {namaddr} for service {}",
+                    self.settings.service
+                );
                 info!("disconnect from {namaddr}{}", self.counters_text());
                 return;
             }
+            match self.handshake().await {
+                Ok(resumed) => {
+                    if !self.count_new_tls(resumed).await {
+                        self.end_early(&namaddr).await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    info!("SSL_accept error from {namaddr}: {e}");
+                    info!("lost connection after CONNECT from {namaddr}");
+                    info!("disconnect from {namaddr}{}", self.counters_text());
+                    return;
+                }
+            }
+        } else if self.pregreet().await {
+            self.end_early(&namaddr).await;
+            return;
         }
         match self.check_connect().await {
             Some(refusal) => self.push_reply(&refusal),
@@ -196,6 +228,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         // Best effort: the client may be gone already.
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(self.settings.timeout, self.io.shutdown()).await;
+        info!("disconnect from {namaddr}{}", self.counters_text());
+    }
+
+    /// Sends what is queued (a refusal) and ends the session before the greeting.
+    async fn end_early(&mut self, namaddr: &str) {
         let _ = self.flush().await;
         let _ = tokio::time::timeout(self.settings.timeout, self.io.shutdown()).await;
         info!("disconnect from {namaddr}{}", self.counters_text());
@@ -312,6 +351,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "quit" => "QUIT",
             _ => "HELP",
         };
+        if self.check_pipelining(counter).await {
+            self.state = State::Closed;
+            return Ok(Flow::Close);
+        }
         // Postfix's junk command limit: cheap commands a client may repeat only so often.
         if matches!(counter, "rset" | "noop" | "vrfy" | "etrn" | "help") {
             self.junk_count += 1;
@@ -395,18 +438,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Flow::Continue
     }
 
-    /// Queues a reply: counts errors, slows down clients past the soft error limit.
+    /// Queues a reply: slows down clients past the soft error limit, counts errors. As in
+    /// Postfix, the delay depends on the errors made before this reply: once the client has
+    /// made smtpd_soft_error_limit errors, every reply (not only error replies) waits
+    /// smtpd_error_sleep_time first. Replies already queued are written before the wait, so
+    /// a pipelining client is not kept from the answers it has earned.
     pub(super) async fn reply(&mut self, mut r: Reply) {
+        if self.error_count >= self.settings.soft_error_limit
+            && !self.settings.error_sleep_time.is_zero()
+        {
+            let _ = self.flush().await;
+            tokio::time::sleep(self.settings.error_sleep_time).await;
+        }
         if r.is_error() {
             self.error_count += 1;
             super::reply::add_footer(&mut r, self.settings.footer(&self.info));
         }
-        if self.error_count >= self.settings.soft_error_limit
-            && !self.settings.error_sleep_time.is_zero()
-        {
-            tokio::time::sleep(self.settings.error_sleep_time).await;
-        }
         self.push_reply(&r);
+    }
+
+    /// A message was received: the client's earlier errors are forgiven (Postfix resets its
+    /// error and junk command counts after a successful DATA).
+    pub(super) fn forgive_errors(&mut self) {
+        self.error_count = 0;
+        self.junk_count = 0;
+    }
+
+    /// Up to `max` bytes the client has already sent beyond the command being handled,
+    /// without waiting: what is buffered, or else what the connection has ready now. The
+    /// bytes stay in the input buffer for the commands that follow.
+    pub(super) async fn pending_input(&mut self, max: usize) -> Result<Vec<u8>, SmtpdError> {
+        if self.rpos >= self.rbuf.len() && !self.eof {
+            if self.rpos > 0 {
+                self.rbuf.drain(..self.rpos);
+                self.rpos = 0;
+            }
+            let mut tmp = [0u8; 4096];
+            // A zero timeout polls the read once: data already there is returned, nothing is
+            // waited for.
+            match tokio::time::timeout(std::time::Duration::ZERO, self.io.read(&mut tmp)).await {
+                Ok(Ok(0)) => self.eof = true,
+                Ok(Ok(n)) => self.rbuf.extend_from_slice(&tmp[..n]),
+                Ok(Err(e)) => return Err(SmtpdError::Io(e)),
+                Err(_) => {}
+            }
+        }
+        let avail = &self.rbuf[self.rpos..];
+        Ok(avail[..avail.len().min(max)].to_vec())
     }
 
     fn push_reply(&mut self, r: &Reply) {
@@ -595,7 +673,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// TLS handshake on the current (plain) connection, bounded by smtpd_timeout. Anything
     /// the client sent before the handshake has already been thrown away by the caller.
-    pub(super) async fn handshake(&mut self) -> Result<(), String> {
+    /// Ok(true) when the client resumed an earlier TLS session.
+    pub(super) async fn handshake(&mut self) -> Result<bool, String> {
         let Some(cfg) = self.settings.tls.clone() else {
             return Err("TLS is not configured".into());
         };
@@ -610,6 +689,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match tokio::time::timeout(self.settings.timeout, acceptor.accept(plain)).await {
             Ok(Ok(stream)) => {
                 let desc = crate::tlsmgr::describe(stream.get_ref().1);
+                let resumed =
+                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 if self.settings.tls_loglevel > 0 {
                     info!(
                         "Anonymous TLS connection established from {}: {desc}",
@@ -618,7 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 self.tls = Some(desc);
                 self.io = super::conn::Conn::Tls(Box::new(stream));
-                Ok(())
+                Ok(resumed)
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timeout".into()),
@@ -643,14 +724,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply(Reply::new(501, "5.5.4 Syntax: STARTTLS")).await;
             return Ok(Flow::Continue);
         }
+        if !self.new_tls_allowed().await {
+            self.refuse_starttls().await;
+            return Ok(Flow::Continue);
+        }
         self.push_reply(&Reply::new(220, "2.0.0 Ready to start TLS"));
         self.flush().await?;
         self.rbuf.clear();
         self.rpos = 0;
         self.eof = false;
-        if let Err(e) = self.handshake().await {
-            info!("SSL_accept error from {}: {e}", self.info.namaddr());
-            return Err(SmtpdError::Lost);
+        match self.handshake().await {
+            Ok(resumed) => {
+                if !self.count_new_tls(resumed).await {
+                    self.state = State::Closed;
+                    return Ok(Flow::Close);
+                }
+            }
+            Err(e) => {
+                info!("SSL_accept error from {}: {e}", self.info.namaddr());
+                return Err(SmtpdError::Lost);
+            }
         }
         self.reset_transaction();
         self.info.helo = None;

@@ -44,6 +44,17 @@ pub struct Settings {
     pub connection_count_limit: usize,
     /// Networks exempt from that limit (smtpd_client_event_limit_exceptions).
     pub limit_exceptions: Vec<ipnet::IpNet>,
+    /// Per-client rates per anvil_rate_time_unit, 0 = unlimited: connections, MAIL FROM,
+    /// RCPT TO, new TLS sessions, AUTH commands.
+    pub connection_rate_limit: u32,
+    pub message_rate_limit: u32,
+    pub recipient_rate_limit: u32,
+    pub new_tls_rate_limit: u32,
+    pub auth_rate_limit: u32,
+    /// anvil_rate_time_unit, for a listener that keeps its own counters.
+    pub anvil_unit: Duration,
+    /// smtpd_forbid_unauth_pipelining: end the session at improper pipelining.
+    pub forbid_unauth_pipelining: bool,
     /// rustls server configuration when STARTTLS or wrapper mode is on.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub tls_level: crate::tlsmgr::Level,
@@ -192,12 +203,30 @@ impl Settings {
                 .collect(),
             connection_count_limit: cfg.get_int("smtpd_client_connection_count_limit").max(0)
                 as usize,
+            connection_rate_limit: rate_limit(cfg, "smtpd_client_connection_rate_limit"),
+            message_rate_limit: rate_limit(cfg, "smtpd_client_message_rate_limit"),
+            recipient_rate_limit: rate_limit(cfg, "smtpd_client_recipient_rate_limit"),
+            new_tls_rate_limit: rate_limit(cfg, "smtpd_client_new_tls_session_rate_limit"),
+            auth_rate_limit: rate_limit(cfg, "smtpd_client_auth_rate_limit"),
+            anvil_unit: cfg.get_time("anvil_rate_time_unit"),
+            forbid_unauth_pipelining: cfg.get_bool("smtpd_forbid_unauth_pipelining"),
         }
     }
 
-    /// Whether a client address is exempt from the connection count limit.
+    /// Whether a client address is exempt from the connection count and rate limits.
     pub fn limit_exempt(&self, ip: std::net::IpAddr) -> bool {
         self.limit_exceptions.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether any per-client limit is set, i.e. whether smtpd reports to anvil at all (as
+    /// Postfix's smtpd, which talks to anvil only then).
+    pub fn uses_anvil(&self) -> bool {
+        self.connection_count_limit > 0
+            || self.connection_rate_limit > 0
+            || self.message_rate_limit > 0
+            || self.recipient_rate_limit > 0
+            || self.new_tls_rate_limit > 0
+            || self.auth_rate_limit > 0
     }
 
     /// Settings with Postfix's defaults at the current compatibility level and a fixed host
@@ -210,6 +239,10 @@ impl Settings {
         .expect("the built-in test configuration parses");
         Settings::from_config(&cfg, "smtp")
     }
+}
+
+fn rate_limit(cfg: &Config, name: &str) -> u32 {
+    cfg.get_int(name).clamp(0, u32::MAX as i64) as u32
 }
 
 /// `1.2.3.0/24`, `1.2.3.4`, `[::1]/128`, `[::1]` as Postfix writes networks.
@@ -243,6 +276,17 @@ mod tests {
         assert_eq!(s.junk_command_limit, 100);
         assert_eq!(s.error_sleep_time, Duration::from_secs(1));
         assert_eq!(s.connection_count_limit, 50);
+        assert_eq!(
+            (
+                s.connection_rate_limit,
+                s.message_rate_limit,
+                s.recipient_rate_limit
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!((s.new_tls_rate_limit, s.auth_rate_limit), (0, 0));
+        assert_eq!(s.anvil_unit, Duration::from_secs(60));
+        assert!(s.forbid_unauth_pipelining);
         assert_eq!(s.bare_newline, BareNewline::Normalize);
         assert_eq!(s.forbidden_commands, vec!["connect", "get", "post"]);
         assert!(!s.disable_vrfy && !s.helo_required);

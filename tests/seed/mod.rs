@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::common::*;
 use super::common::DnsZone;
+use super::common::*;
 
 pub const SEED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
