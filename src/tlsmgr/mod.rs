@@ -172,7 +172,7 @@ pub fn server_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
 
 /// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)`, as Postfix logs and writes
 /// into Received: headers.
-pub fn describe(conn: &rustls::ServerConnection) -> String {
+pub fn describe(conn: &rustls::CommonState) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
