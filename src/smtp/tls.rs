@@ -718,4 +718,67 @@ mod tests {
         assert!(Level::parse("bogus").is_none());
         assert!(Level::Verify.required() && !Level::May.required());
     }
+
+    fn client(extra: &str) -> ClientTls {
+        let cfg = Config::from_text(std::path::Path::new("/nonexistent"), extra).unwrap();
+        ClientTls::new(&cfg, false)
+    }
+
+    #[test]
+    fn legacy_switches_map_to_levels() {
+        assert_eq!(client("").level, Level::None);
+        assert_eq!(client("smtp_use_tls = yes").level, Level::May);
+        assert_eq!(client("smtp_enforce_tls = yes").level, Level::Verify);
+        assert_eq!(
+            client("smtp_enforce_tls = yes\nsmtp_enforce_peername = no").level,
+            Level::Encrypt
+        );
+        // The level wins over the legacy switches.
+        assert_eq!(
+            client("smtp_enforce_tls = yes\nsmtp_tls_security_level = may").level,
+            Level::May
+        );
+        assert_eq!(
+            client("smtp_tls_security_level = bogus").level,
+            Level::Encrypt
+        );
+    }
+
+    #[test]
+    fn policy_table_keys_and_attributes() {
+        let c = client(
+            "smtp_tls_security_level = may\nsmtp_tls_policy_maps = inline:{ { [relay.example]:587 = secure match=relay.example protocols=!TLSv1.2 }, { example.org = verify }, { .example.net = encrypt }, { bad.example = sometimes } }",
+        );
+        let p = c
+            .policy("[relay.example]:587", "relay.example", 587, true, 25)
+            .unwrap();
+        assert_eq!(p.level, Level::Secure);
+        assert_eq!(p.matches, vec!["relay.example"]);
+        assert_eq!(p.protocols, Some(vec!["!TLSv1.2".to_string()]));
+        let p = c
+            .policy("example.org", "example.org", 25, false, 25)
+            .unwrap();
+        assert_eq!(
+            (p.level, p.matches),
+            (Level::Verify, vec!["hostname".to_string()])
+        );
+        // Sub-domains match `.domain`, the domain itself does not.
+        assert_eq!(
+            c.policy("a.b.example.net", "a.b.example.net", 25, false, 25)
+                .unwrap()
+                .level,
+            Level::Encrypt
+        );
+        assert_eq!(
+            c.policy("example.net", "example.net", 25, false, 25)
+                .unwrap()
+                .level,
+            Level::May
+        );
+        assert!(c
+            .policy("bad.example", "bad.example", 25, false, 25)
+            .is_err());
+        let s = c.policy("x.example", "x.example", 25, false, 25).unwrap();
+        assert_eq!(s.level, Level::May);
+    }
 }
