@@ -556,7 +556,14 @@ impl Client {
                 .credentials(&job.sender, &text, &dest_host, &dest_host)
                 .ok()
                 .flatten()
-                .map(|c| c.user)
+                .map(|c| {
+                    // Two senders may share a login name with different passwords: key on
+                    // both (hashed; the password itself is kept out of the key).
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    c.pass.hash(&mut h);
+                    format!("{}#{:x}", c.user, h.finish())
+                })
                 .unwrap_or_default()
         };
         let key = format!(
