@@ -54,6 +54,7 @@ impl Backend for QueueBackend {
             sender: s.sender.as_deref(),
             rcpt,
             sasl: false,
+            ccert: s.ccert.as_ref(),
         };
         match policy.check(&ctx) {
             Verdict::Permit => Ok(()),

@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     pub sender: Option<&'a str>,
     pub rcpt: &'a str,
     pub sasl: bool,
+    /// The client's TLS certificate (permit_tls_clientcerts, permit_tls_all_clientcerts).
+    pub ccert: Option<&'a crate::tlsmgr::ccert::PeerCert>,
 }
 
 /// mynetworks as a list of networks (CIDR, bare addresses, `[v6]/n`).
@@ -108,6 +110,8 @@ const BUILTIN: &[&str] = &[
     "permit_mynetworks",
     "permit_inet_interfaces",
     "permit_sasl_authenticated",
+    "permit_tls_clientcerts",
+    "permit_tls_all_clientcerts",
     "reject_unauth_destination",
     "defer_unauth_destination",
     "reject_non_fqdn_recipient",
@@ -374,6 +378,10 @@ impl Policy {
                 Decision::Permit
             }
             "permit_sasl_authenticated" if ctx.sasl => Decision::Permit,
+            "permit_tls_clientcerts" if ctx.ccert.is_some_and(|c| c.listed) => Decision::Permit,
+            "permit_tls_all_clientcerts" if ctx.ccert.is_some_and(|c| c.trusted) => {
+                Decision::Permit
+            }
             "reject_unauth_destination" | "defer_unauth_destination" => match self.unauth(ctx.rcpt)
             {
                 Ok(true) => {
@@ -753,6 +761,7 @@ mod tests {
             sender: Some(sender),
             rcpt,
             sasl: false,
+            ccert: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct SessionInfo {
     pub sender: Option<String>,
     /// master.cf service name.
     pub service: String,
+    /// The client's TLS certificate, once a handshake with one is done.
+    pub ccert: Option<crate::tlsmgr::ccert::PeerCert>,
 }
 
 impl SessionInfo {
@@ -35,6 +37,7 @@ impl SessionInfo {
             protocol: "SMTP".to_string(),
             sender: None,
             service: service.to_string(),
+            ccert: None,
         }
     }
 
@@ -570,13 +573,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         match tokio::time::timeout(self.settings.timeout, acceptor.accept(plain)).await {
             Ok(Ok(stream)) => {
-                let desc = crate::tlsmgr::describe(stream.get_ref().1);
+                let conn = stream.get_ref().1;
+                let desc = crate::tlsmgr::describe(conn);
+                let ccert = self.settings.tls_ccerts.peer(conn.peer_certificates());
+                let word = match &ccert {
+                    None => "Anonymous",
+                    Some(c) if c.trusted => "Trusted",
+                    Some(_) => "Untrusted",
+                };
                 if self.settings.tls_loglevel > 0 {
                     info!(
-                        "Anonymous TLS connection established from {}: {desc}",
+                        "{word} TLS connection established from {}: {desc}",
                         self.info.namaddr()
                     );
                 }
+                if self.settings.tls_ccerts.require && !ccert.as_ref().is_some_and(|c| c.trusted) {
+                    return Err("client certificate not trusted (smtpd_tls_req_ccert)".into());
+                }
+                self.info.ccert = ccert;
                 self.tls = Some(desc);
                 self.io = super::conn::Conn::Tls(Box::new(stream));
                 Ok(())

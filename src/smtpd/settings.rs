@@ -50,6 +50,8 @@ pub struct Settings {
     /// smtps: TLS from the first byte.
     pub tls_wrapper: bool,
     pub tls_loglevel: i64,
+    /// Client-certificate checks (relay_clientcerts, smtpd_tls_CAfile, req_ccert).
+    pub tls_ccerts: std::sync::Arc<crate::tlsmgr::ccert::ClientCerts>,
 }
 
 impl Settings {
@@ -102,6 +104,7 @@ impl Settings {
             tls_level: crate::tlsmgr::Level::from_config(cfg),
             tls_wrapper: cfg.get_bool("smtpd_tls_wrappermode"),
             tls_loglevel: cfg.get_int("smtpd_tls_loglevel"),
+            tls_ccerts: crate::tlsmgr::client_certs(cfg),
             limit_exceptions,
             myhostname: cfg.get("myhostname"),
             banner: cfg.get("smtpd_banner"),

@@ -32,6 +32,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
 
+pub mod ccert;
+pub mod certs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{0}")]
@@ -99,22 +102,15 @@ fn ensure_self_signed(cert: &Path, key: &Path, host: &str) -> Result<(), TlsErro
     Ok(())
 }
 
-/// Which TLS versions smtpd_tls_protocols allows (`!TLSv1.2` style exclusions, or a list).
+/// Which TLS versions smtpd_tls_protocols allows (`!TLSv1.2` exclusions, a list, or
+/// `>=TLSv1.2` bounds; see [`crate::smtp::tls::protocol_versions`]).
 fn versions(cfg: &Config) -> Vec<&'static rustls::SupportedProtocolVersion> {
-    let spec = cfg.get_list("smtpd_tls_protocols");
-    let excluded = |v: &str| {
-        spec.iter()
-            .any(|s| s.eq_ignore_ascii_case(&format!("!{v}")))
-    };
-    let listed: Vec<&String> = spec.iter().filter(|s| !s.starts_with('!')).collect();
-    let allowed = |v: &str| {
-        !excluded(v) && (listed.is_empty() || listed.iter().any(|s| s.eq_ignore_ascii_case(v)))
-    };
+    let ((t12, t13), _) = crate::smtp::tls::protocol_versions(&cfg.get_list("smtpd_tls_protocols"));
     let mut out = Vec::new();
-    if allowed("TLSv1.3") {
+    if t13 {
         out.push(&rustls::version::TLS13);
     }
-    if allowed("TLSv1.2") {
+    if t12 {
         out.push(&rustls::version::TLS12);
     }
     out
@@ -126,48 +122,86 @@ pub fn server_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
     if Level::from_config(cfg) == Level::None && !wrapper {
         return Ok(None);
     }
-    let cert = cfg.get("smtpd_tls_cert_file");
-    if cert.trim().is_empty() {
-        return Err(TlsError::Config(
-            "TLS is required or offered but smtpd_tls_cert_file is empty".into(),
-        ));
-    }
-    let key = cfg.get("smtpd_tls_key_file");
-    let key = if key.trim().is_empty() {
-        cert.clone()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain_files = cfg.get_list("smtpd_tls_chain_files");
+    let mut keys = Vec::new();
+    if !chain_files.is_empty() {
+        // Postfix: smtpd_tls_chain_files wins over the cert/key parameter pairs.
+        let groups = certs::load_groups(&chain_files).map_err(TlsError::Config)?;
+        keys = certs::certified(groups, &provider, &chain_files.join(" "))
+            .map_err(TlsError::Config)?;
     } else {
-        key
-    };
-    let (cert, key) = (
-        Path::new(cert.trim()).to_path_buf(),
-        Path::new(key.trim()).to_path_buf(),
-    );
-    if cfg.get_bool("relais_tls_self_signed") {
-        ensure_self_signed(&cert, &key, &cfg.get("myhostname"))?;
+        let cert = cfg.get("smtpd_tls_cert_file");
+        let eccert = cfg.get("smtpd_tls_eccert_file");
+        if cert.trim().is_empty() && eccert.trim().is_empty() {
+            return Err(TlsError::Config(
+                "TLS is required or offered but smtpd_tls_cert_file is empty".into(),
+            ));
+        }
+        let pairs = [
+            (cert, cfg.get("smtpd_tls_key_file"), true),
+            (eccert, cfg.get("smtpd_tls_eckey_file"), false),
+        ];
+        for (cert, key, first) in pairs {
+            if cert.trim().is_empty() {
+                continue;
+            }
+            let key = if key.trim().is_empty() {
+                cert.clone()
+            } else {
+                key
+            };
+            let (cert, key) = (
+                Path::new(cert.trim()).to_path_buf(),
+                Path::new(key.trim()).to_path_buf(),
+            );
+            if first && cfg.get_bool("relais_tls_self_signed") {
+                ensure_self_signed(&cert, &key, &cfg.get("myhostname"))?;
+            }
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+                .map_err(|e| file_err(&cert, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_err(&cert, e))?;
+            if chain.is_empty() {
+                return Err(file_err(&cert, "no certificate found"));
+            }
+            let pkey = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
+            keys.extend(
+                certs::certified(vec![(chain, pkey)], &provider, &cert.display().to_string())
+                    .map_err(TlsError::Config)?,
+            );
+        }
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| file_err(&cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(&cert, e))?;
-    if chain.is_empty() {
-        return Err(file_err(&cert, "no certificate found"));
-    }
-    let pkey = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
     let vers = versions(cfg);
     if vers.is_empty() {
         return Err(TlsError::Config("smtpd_tls_protocols excludes both TLSv1.2 and TLSv1.3, the only versions relais speaks".into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let sni_list = cfg.get_list("tls_server_sni_maps");
+    let sni = if sni_list.is_empty() {
+        None
+    } else {
+        Some(
+            crate::table::Maps::open(&sni_list)
+                .map_err(|e| TlsError::Config(format!("tls_server_sni_maps: {e}")))?,
+        )
+    };
+    let ccerts = Arc::new(ccert::ClientCerts::from_config(cfg, &provider));
+    let resolver = Arc::new(certs::Resolver::new(keys, sni, provider.clone()));
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&vers)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, pkey)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?;
+        .with_client_cert_verifier(ccerts.handshake_verifier())
+        .with_cert_resolver(resolver);
     if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
         sc.ticketer = t;
     }
     Ok(Some(Arc::new(sc)))
+}
+
+/// The client-certificate checks of a service (fingerprints, trust), for smtpd's sessions.
+pub fn client_certs(cfg: &Config) -> Arc<ccert::ClientCerts> {
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(ccert::ClientCerts::from_config(cfg, &provider))
 }
 
 /// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)`, as Postfix logs and writes

@@ -352,9 +352,13 @@ impl TestCa {
     /// `dir/stem.key` and `dir/stem.pem` (leaf then CA) and returns (key, chain) paths and
     /// the leaf's DER.
     pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-        let p =
+        let mut p =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("test"),
+        );
         let k = rcgen::KeyPair::generate().unwrap();
         let c = p.signed_by(&k, &self.cert, &self.key).unwrap();
         let (kp, cp) = (
