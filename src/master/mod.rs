@@ -62,6 +62,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
         cfg,
     ));
     out.extend(tls_problems(cfg));
+    out.extend(client_tls_problems(cfg));
     let q = queue_dir(cfg);
     if let Err(e) = std::fs::create_dir_all(&q) {
         out.push(Problem {
@@ -107,6 +108,51 @@ fn tls_problems(cfg: &Config) -> Vec<Problem> {
                 ),
             });
         }
+    }
+    out
+}
+
+/// What the smtp/lmtp client's TLS and SASL settings cannot do as written (protocols rustls
+/// does not speak, unreadable CA files or tables, DANE levels…), and client-certificate
+/// settings of smtpd.
+fn client_tls_problems(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let tls = crate::smtp::tls::ClientTls::new(cfg, false);
+    let ltls = crate::smtp::tls::ClientTls::new(cfg, true);
+    let sasl = crate::smtp::sasl::SaslClient::new(cfg);
+    let ccerts = crate::tlsmgr::client_certs(cfg);
+    let tagged = tls
+        .warnings
+        .iter()
+        .map(|w| format!("smtp client TLS: {w}"))
+        .chain(
+            ltls.warnings
+                .iter()
+                .map(|w| format!("lmtp client TLS: {w}")),
+        )
+        .chain(
+            sasl.warnings
+                .iter()
+                .map(|w| format!("smtp client SASL: {w}")),
+        )
+        .chain(
+            ccerts
+                .warnings
+                .iter()
+                .map(|w| format!("smtpd client certificates: {w}")),
+        );
+    for text in tagged {
+        if seen.insert(text.clone()) {
+            out.push(Problem { fatal: false, text });
+        }
+    }
+    let ((_, _), w) = crate::smtp::tls::protocol_versions(&cfg.get_list("smtpd_tls_protocols"));
+    for w in w {
+        out.push(Problem {
+            fatal: false,
+            text: format!("smtpd_tls_protocols: {w}"),
+        });
     }
     out
 }

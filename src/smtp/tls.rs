@@ -392,18 +392,8 @@ impl ClientTls {
                 Err(e) => warnings.push(format!("client certificate: {e}")),
             }
         }
-        if !cfg
-            .get(nm.n(
-                "smtp_tls_session_cache_database",
-                "lmtp_tls_session_cache_database",
-            ))
-            .trim()
-            .is_empty()
-        {
-            warnings.push(
-                "the TLS session cache database file is not used: relais keeps client TLS sessions in memory (lost at restart)".into(),
-            );
-        }
+        // smtp_tls_session_cache_database: the parameter table's warning says the file is
+        // not used (sessions live in rustls's in-memory cache below).
         let _ = cfg.get_time(nm.n(
             "smtp_tls_session_cache_timeout",
             "lmtp_tls_session_cache_timeout",
