@@ -32,13 +32,41 @@
 //!     One line per recipient, as Postfix writes it:
 //!     `ID: to=<rcpt>, [orig_to=<addr>, ]relay=host[addr]:port, delay=…, delays=a/b/c/d,
 //!     dsn=x.y.z, status=sent|deferred|bounced (text)`; `relay=none` when no session was
-//!     made. Failed connections are logged as `connect to host[addr]:port: reason`.
+//!     made. Failed connections are logged as `connect to host[addr]:port: reason`. With
+//!     smtp_tls_loglevel >= 1: `Untrusted|Trusted|Verified TLS connection established to
+//!     host[addr]:port: TLSv1.3 with cipher … (256/256 bits)`; with
+//!     smtp_tls_note_starttls_offer at level none: `Host offered STARTTLS: [host]`.
 //!
 //! SECURITY
-//!     No TLS yet: mail goes in plaintext. When smtp_tls_security_level asks for encryption
-//!     (encrypt, dane-only, fingerprint, verify, secure) mail is deferred instead of being sent
-//!     in the clear. Replies are read into a bounded buffer (64 KiB); every stage has a time
-//!     limit; nothing the peer sends can make the client panic.
+//!     STARTTLS with rustls per smtp_tls_security_level, or per destination from
+//!     smtp_tls_policy_maps (`[host]:port`, `[host]`, `domain`, then `.parent` keys; value
+//!     `level [match=a:b] [protocols=…] [servername=…]`); when the level is empty the legacy
+//!     smtp_use_tls / smtp_enforce_tls / smtp_enforce_peername decide. `may`: TLS when offered,
+//!     any certificate; a failed handshake is retried once in plaintext. `encrypt`: TLS or
+//!     nothing (`TLS is required, but was not offered by host …`). `verify`/`secure`: the
+//!     chain must end at a CA of smtp_tls_CAfile/smtp_tls_CApath (`Server certificate not
+//!     trusted`) and a name of smtp_tls_verify_cert_match (hostname) or
+//!     smtp_tls_secure_cert_match (nexthop, dot-nexthop) must be in it (`Server certificate
+//!     not verified`); both defer, and nothing of the mail is sent first. `dane` is treated as
+//!     `may`, `dane-only` and `fingerprint` as `secure` (warned). rustls speaks TLS 1.2 and 1.3
+//!     only: smtp_tls_protocols (may) and smtp_tls_mandatory_protocols (stronger levels) choose
+//!     among them. No SNI is sent unless smtp_tls_servername says so. TLS sessions are resumed
+//!     from rustls's in-memory cache (smtp_tls_session_cache_database is not used). Anything the
+//!     server sends between its 220 to STARTTLS and the handshake is discarded. Cached sessions
+//!     are keyed by destination, TLS level and SASL identity, so a plaintext session is never
+//!     reused where TLS is required. LMTP reads the lmtp_tls_* twins (unix sockets: no TLS).
+//!
+//!     SASL (smtp only): with smtp_sasl_auth_enable, credentials `user:password` are looked up
+//!     in smtp_sasl_password_maps by sender and `@domain` (smtp_sender_dependent_authentication),
+//!     then the next-hop as written, the server's host name and the destination domain. AUTH
+//!     PLAIN, else LOGIN, when the server offers them and smtp_sasl_security_options (under TLS
+//!     smtp_sasl_tls_security_options) allow: Postfix's default `noplaintext` forbids both. A
+//!     refused login defers with the server's reply (`SASL authentication failed; server …
+//!     said: …`); credentials never appear in logs or reasons. A server that offers no AUTH
+//!     gets the mail without it.
+//!
+//!     Replies are read into a bounded buffer (64 KiB); every stage has a time limit; nothing
+//!     the peer sends can make the client panic.
 //!
 //! CONFIGURATION PARAMETERS
 //!     relayhost (empty)
@@ -57,7 +85,19 @@
 //!     smtp_mx_session_limit (2)
 //!     smtp_connection_cache_time_limit (2s)
 //!     smtp_connection_reuse_count_limit (100)
-//!     smtp_tls_security_level (empty)
+//!     smtp_tls_security_level (empty), smtp_use_tls (no), smtp_enforce_tls (no),
+//!     smtp_enforce_peername (yes), smtp_tls_policy_maps (empty), smtp_tls_CAfile (empty),
+//!     smtp_tls_CApath (empty), smtp_tls_verify_cert_match (hostname),
+//!     smtp_tls_secure_cert_match (nexthop, dot-nexthop), smtp_tls_servername (empty),
+//!     smtp_tls_protocols (!SSLv2, !SSLv3), smtp_tls_mandatory_protocols (!SSLv2, !SSLv3,
+//!     !TLSv1, !TLSv1.1), smtp_tls_cert_file (empty), smtp_tls_key_file ($smtp_tls_cert_file),
+//!     smtp_tls_loglevel (0), smtp_tls_note_starttls_offer (no),
+//!     smtp_tls_session_cache_timeout (3600s); lmtp_tls_* and lmtp_use_tls,
+//!     lmtp_enforce_tls, lmtp_enforce_peername likewise for LMTP
+//!     smtp_sasl_auth_enable (no), smtp_sasl_password_maps (empty),
+//!     smtp_sasl_security_options (noplaintext, noanonymous),
+//!     smtp_sasl_tls_security_options ($smtp_sasl_security_options),
+//!     smtp_sasl_mechanism_filter (empty), smtp_sender_dependent_authentication (no)
 //!     queue_directory (/var/spool/postfix)
 //!     inet_protocols (all), relais_dns_servers (empty): see [`crate::dns`]
 

@@ -5,23 +5,47 @@
 //!   Builds the rustls server configuration smtpd uses for STARTTLS and wrapper mode.
 //!
 //! DESCRIPTION
-//!   Loads smtpd_tls_cert_file (a PEM chain) and smtpd_tls_key_file (PEM, RSA/ECDSA/Ed25519;
-//!   default: the certificate file) every time smtpd's settings are (re)built, so
-//!   `relais reload` picks up renewed certificates without cutting sessions. When the
-//!   relais-specific parameter relais_tls_self_signed is yes and the files do not exist yet,
-//!   it generates a self-signed certificate for $myhostname (rcgen) and writes it there first,
-//!   so that the default configuration offers STARTTLS out of the box. Protocol versions follow
-//!   smtpd_tls_protocols (rustls speaks TLS 1.2 and 1.3 only; older ones are never offered).
-//!   Session tickets are rotated by rustls's ticketer.
+//!   Loads the server's keys every time smtpd's settings are (re)built, so `relais reload`
+//!   picks up renewed certificates without cutting sessions (sessions in progress keep the
+//!   configuration they started with). Keys come from smtpd_tls_chain_files (PEM files where
+//!   each private key is followed by its chain; several keys, e.g. RSA and ECDSA, may be
+//!   listed) or else from smtpd_tls_cert_file/smtpd_tls_key_file plus
+//!   smtpd_tls_eccert_file/smtpd_tls_eckey_file. Among several keys the first whose signature
+//!   schemes the client accepts is used. tls_server_sni_maps maps an SNI name (then its parent
+//!   domains as `.domain`) to a list of PEM files (key then chain, in one file or several);
+//!   unknown names get the default keys. When the relais-specific parameter
+//!   relais_tls_self_signed is yes and the files do not exist yet, it generates a self-signed
+//!   certificate for $myhostname (rcgen) first, so that the default configuration offers
+//!   STARTTLS out of the box. Protocol versions follow smtpd_tls_protocols (rustls speaks TLS
+//!   1.2 and 1.3 only; `relais check` names older versions a list asks for). Session tickets
+//!   are rotated by rustls's ticketer.
+//!
+//!   Client certificates: with smtpd_tls_ask_ccert (or smtpd_tls_req_ccert) the client is
+//!   asked for one; after the handshake its fingerprint (smtpd_tls_fingerprint_digest over the
+//!   certificate, then over its public key) is looked up in relay_clientcerts for
+//!   permit_tls_clientcerts, and its chain checked against smtpd_tls_CAfile/smtpd_tls_CApath
+//!   for permit_tls_all_clientcerts. smtpd_tls_req_ccert ends a session whose certificate is
+//!   missing or not trusted.
+//!
+//! MESSAGES
+//!   `Anonymous|Untrusted|Trusted TLS connection established from host[addr]: TLSv1.3 with
+//!   cipher … (256/256 bits)` (smtpd_tls_loglevel >= 1); `tls_server_sni_maps: name: …` when an
+//!   SNI entry's files cannot be loaded (the default keys are served).
 //!
 //! SECURITY
-//!   The private key file is created with mode 0600. Cipher suites are rustls's defaults (AEAD
-//!   with forward secrecy); OpenSSL cipher strings are reported by `relais check`.
+//!   The private key file is created with mode 0600. A key that does not match its
+//!   certificate is refused. Cipher suites are rustls's defaults (AEAD with forward secrecy);
+//!   OpenSSL cipher strings are reported by `relais check`. md5 fingerprints are not
+//!   available (sha256 is used, with a warning).
 //!
 //! CONFIGURATION PARAMETERS
 //!   smtpd_tls_security_level (), smtpd_tls_cert_file (), smtpd_tls_key_file
-//!   ($smtpd_tls_cert_file), smtpd_tls_protocols, relais_tls_self_signed (no),
-//!   smtpd_tls_loglevel (0), smtpd_tls_received_header (no)
+//!   ($smtpd_tls_cert_file), smtpd_tls_eccert_file (), smtpd_tls_eckey_file
+//!   ($smtpd_tls_eccert_file), smtpd_tls_chain_files (), tls_server_sni_maps (),
+//!   smtpd_tls_protocols, relais_tls_self_signed (no), smtpd_tls_loglevel (0),
+//!   smtpd_tls_received_header (no), smtpd_tls_ask_ccert (no), smtpd_tls_req_ccert (no),
+//!   smtpd_tls_CAfile (), smtpd_tls_CApath (), relay_clientcerts (),
+//!   smtpd_tls_fingerprint_digest (sha256 at compatibility_level 3.6)
 
 use std::io::Write;
 use std::path::Path;
