@@ -267,3 +267,51 @@ fn legacy_enforce_tls_defers_without_starttls() {
     );
     a.stop();
 }
+
+#[test]
+fn client_certificate_lets_relais_relay_through_relais() {
+    // B relays only for clients whose certificate fingerprint is in relay_clientcerts; A
+    // presents that certificate (smtp_tls_cert_file) over STARTTLS.
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("relais test CA");
+    let (sk, sc, _) = ca.issue(&["127.0.0.1"], pki.path(), "server");
+    let (ck, cc, der) = ca.issue(&["client.test"], pki.path(), "client");
+    let fp = ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let b = peer(&format!(
+        "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_ask_ccert = yes\n\
+         mynetworks = 192.0.2.0/24\nrelay_clientcerts = inline:{{ {fp}=a }}\n\
+         smtpd_relay_restrictions = permit_tls_clientcerts, reject_unauth_destination\n",
+        sc.display(),
+        sk.display()
+    ));
+    let mut a = Instance::with_main_cf_extra(&format!(
+        "{FAST}relayhost = [127.0.0.1]:{}\nsmtp_tls_security_level = encrypt\n\
+         smtp_tls_cert_file = {}\nsmtp_tls_key_file = {}\n",
+        b.smtp_port,
+        cc.display(),
+        ck.display()
+    ));
+    a.start();
+    submit(a.smtp_port, "s@client.test", &["u@far.test"], "ccert", "x");
+    assert!(
+        a.wait_log(
+            "to=<u@far.test>, relay=127.0.0.1[127.0.0.1]",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        a.log()
+    );
+    assert!(a.log().contains("status=sent"), "{}\n{}", a.log(), b.log());
+    assert!(
+        b.log()
+            .contains("Untrusted TLS connection established from"),
+        "{}",
+        b.log()
+    );
+    a.stop();
+}
