@@ -117,42 +117,39 @@ fn tls_problems(cfg: &Config) -> Vec<Problem> {
 /// settings of smtpd.
 fn client_tls_problems(cfg: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
     let tls = crate::smtp::tls::ClientTls::new(cfg, false);
     let ltls = crate::smtp::tls::ClientTls::new(cfg, true);
     let sasl = crate::smtp::sasl::SaslClient::new(cfg);
     let ccerts = crate::tlsmgr::client_certs(cfg);
-    let tagged = tls
+    let file = cfg.main.path.display().to_string();
+    let all = tls
         .warnings
         .iter()
-        .map(|w| format!("smtp client TLS: {w}"))
-        .chain(
-            ltls.warnings
-                .iter()
-                .map(|w| format!("lmtp client TLS: {w}")),
-        )
-        .chain(
-            sasl.warnings
-                .iter()
-                .map(|w| format!("smtp client SASL: {w}")),
-        )
-        .chain(
-            ccerts
-                .warnings
-                .iter()
-                .map(|w| format!("smtpd client certificates: {w}")),
-        );
-    for text in tagged {
-        if seen.insert(text.clone()) {
+        .chain(&ltls.warnings)
+        .chain(&sasl.warnings)
+        .chain(&ccerts.warnings);
+    for (names, w) in all {
+        // Named at the main.cf line that set the parameter; a problem that comes from
+        // defaults alone has no line to name and is logged at start instead.
+        let Some((name, line)) = names
+            .split('|')
+            .find_map(|n| cfg.main.settings.get(n).map(|s| (n, s.line)))
+        else {
+            continue;
+        };
+        let text = format!("{file}, line {line}: {name}: {w}");
+        if !out.iter().any(|p: &Problem| p.text == text) {
             out.push(Problem { fatal: false, text });
         }
     }
-    let ((_, _), w) = crate::smtp::tls::protocol_versions(&cfg.get_list("smtpd_tls_protocols"));
-    for w in w {
-        out.push(Problem {
-            fatal: false,
-            text: format!("smtpd_tls_protocols: {w}"),
-        });
+    if let Some(s) = cfg.main.settings.get("smtpd_tls_protocols") {
+        let ((_, _), w) = crate::smtp::tls::protocol_versions(&cfg.get_list("smtpd_tls_protocols"));
+        for w in w {
+            out.push(Problem {
+                fatal: false,
+                text: format!("{file}, line {}: smtpd_tls_protocols: {w}", s.line),
+            });
+        }
     }
     out
 }

@@ -346,8 +346,8 @@ impl Client {
         let tls = tls::ClientTls::new(cfg, false);
         let ltls = tls::ClientTls::new(cfg, true);
         let sasl = sasl::SaslClient::new(cfg);
-        for w in tls.warnings.iter().chain(&sasl.warnings) {
-            tracing::warn!("smtp: {w}");
+        for (name, w) in tls.warnings.iter().chain(&sasl.warnings) {
+            tracing::warn!("smtp: {name}: {w}");
         }
         Client {
             settings: Arc::new(settings),

@@ -28,7 +28,8 @@ pub struct SaslClient {
     options: Vec<String>,
     tls_options: Vec<String>,
     mech_filter: Vec<String>,
-    pub warnings: Vec<String>,
+    /// Problems, with the parameter they are about.
+    pub warnings: Vec<(&'static str, String)>,
 }
 
 impl SaslClient {
@@ -40,7 +41,7 @@ impl SaslClient {
             match Maps::open(&list) {
                 Ok(m) => m,
                 Err(e) => {
-                    warnings.push(format!("smtp_sasl_password_maps: {e}"));
+                    warnings.push(("smtp_sasl_password_maps", e.to_string()));
                     Maps::default()
                 }
             }

@@ -179,8 +179,9 @@ pub struct ClientTls {
     client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
     /// rustls configurations by protocol set (built on first use).
     configs: Mutex<HashMap<(bool, bool, bool), Arc<rustls::ClientConfig>>>,
-    /// Problems found while reading the settings, for `relais check` and the start log.
-    pub warnings: Vec<String>,
+    /// Problems found while reading the settings, for `relais check` and the start log, with
+    /// the parameter(s) they are about (`a|b` when either may be).
+    pub warnings: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -311,6 +312,9 @@ impl ClientTls {
     pub fn new(cfg: &Config, lmtp: bool) -> ClientTls {
         let nm = Names { lmtp };
         let mut warnings = Vec::new();
+        let lvl_name = nm.n("smtp_tls_security_level", "lmtp_tls_security_level");
+        let pol_name = nm.n("smtp_tls_policy_maps", "lmtp_tls_policy_maps");
+        let cert_name = nm.n("smtp_tls_cert_file", "lmtp_tls_cert_file");
         let level_text = cfg.get(nm.n("smtp_tls_security_level", "lmtp_tls_security_level"));
         let level = if level_text.trim().is_empty() {
             // The pre-2.3 switches, still honoured by Postfix when the level is unset.
@@ -337,14 +341,15 @@ impl ClientTls {
             match Level::parse(&level_text) {
                 Some((l, w)) => {
                     if let Some(w) = w {
-                        warnings.push(w.to_string());
+                        warnings.push((lvl_name, w.to_string()));
                     }
                     l
                 }
                 None => {
                     // Unknown level: refuse plaintext rather than guess weaker.
-                    warnings.push(format!(
-                        "unknown TLS security level \"{level_text}\": using encrypt"
+                    warnings.push((
+                        lvl_name,
+                        format!("unknown TLS security level \"{level_text}\": using encrypt"),
                     ));
                     Level::Encrypt
                 }
@@ -357,7 +362,7 @@ impl ClientTls {
             match Maps::open(&policy_list) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    warnings.push(format!("TLS policy table: {e}"));
+                    warnings.push((pol_name, format!("TLS policy table: {e}")));
                     // An unreadable table must not weaken security: every lookup defers.
                     Some(Maps::from_tables(vec![Arc::new(Broken(e.to_string()))]))
                 }
@@ -369,7 +374,11 @@ impl ClientTls {
             &cfg.get(nm.n("smtp_tls_CApath", "lmtp_tls_CApath")),
             &mut roots_w,
         );
-        warnings.extend(roots_w);
+        let ca_names = nm.n(
+            "smtp_tls_CAfile|smtp_tls_CApath",
+            "lmtp_tls_CAfile|lmtp_tls_CApath",
+        );
+        warnings.extend(roots_w.into_iter().map(|w| (ca_names, w)));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algs = provider.signature_verification_algorithms;
         let cert = cfg.get(nm.n("smtp_tls_cert_file", "lmtp_tls_cert_file"));
@@ -387,9 +396,9 @@ impl ClientTls {
                     Ok(k) => {
                         client_cert = Some(Arc::new(rustls::sign::CertifiedKey::new(chain, k)))
                     }
-                    Err(e) => warnings.push(format!("client certificate key: {e}")),
+                    Err(e) => warnings.push((cert_name, format!("client certificate key: {e}"))),
                 },
-                Err(e) => warnings.push(format!("client certificate: {e}")),
+                Err(e) => warnings.push((cert_name, format!("client certificate: {e}"))),
             }
         }
         // smtp_tls_session_cache_database: the parameter table's warning says the file is
@@ -403,11 +412,24 @@ impl ClientTls {
             "smtp_tls_mandatory_protocols",
             "lmtp_tls_mandatory_protocols",
         ));
-        for list in [&protocols, &mandatory_protocols] {
+        let proto_names = [
+            nm.n("smtp_tls_protocols", "lmtp_tls_protocols"),
+            nm.n(
+                "smtp_tls_mandatory_protocols",
+                "lmtp_tls_mandatory_protocols",
+            ),
+        ];
+        for (list, name) in [&protocols, &mandatory_protocols]
+            .into_iter()
+            .zip(proto_names)
+        {
             let ((t12, t13), w) = protocol_versions(list);
-            warnings.extend(w);
+            warnings.extend(w.into_iter().map(|w| (name, w)));
             if !t12 && !t13 {
-                warnings.push("a TLS protocol list excludes both TLSv1.2 and TLSv1.3: TLS sessions that use it will fail".into());
+                warnings.push((
+                    name,
+                    "excludes both TLSv1.2 and TLSv1.3: TLS sessions that use it will fail".into(),
+                ));
             }
         }
         ClientTls {

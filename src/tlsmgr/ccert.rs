@@ -32,7 +32,8 @@ pub struct ClientCerts {
     relay: Option<Maps>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     algs: WebPkiSupportedAlgorithms,
-    pub warnings: Vec<String>,
+    /// Problems, with the parameter they are about.
+    pub warnings: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for ClientCerts {
@@ -64,9 +65,13 @@ impl ClientCerts {
             "sha256" | "" => &ring::digest::SHA256,
             "sha512" => &ring::digest::SHA512,
             other => {
-                warnings.push(format!(
-                    "smtpd_tls_fingerprint_digest {other} is not available: using sha256 (relay_clientcerts entries in {other} will not match)"
-                ));
+                // Only worth a warning when fingerprints are looked up at all.
+                if !cfg.get_list("relay_clientcerts").is_empty() {
+                    warnings.push((
+                        "smtpd_tls_fingerprint_digest|relay_clientcerts",
+                        format!("smtpd_tls_fingerprint_digest {other} is not available: using sha256 (relay_clientcerts entries in {other} will not match)"),
+                    ));
+                }
                 &ring::digest::SHA256
             }
         };
@@ -77,7 +82,7 @@ impl ClientCerts {
             match Maps::open(&list) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    warnings.push(format!("relay_clientcerts: {e}"));
+                    warnings.push(("relay_clientcerts", e.to_string()));
                     None
                 }
             }
@@ -101,7 +106,10 @@ impl ClientCerts {
                         let _ = roots.add(c);
                     }
                 }
-                Err(e) => warnings.push(format!("{}: {e}", f.display())),
+                Err(e) => warnings.push((
+                    "smtpd_tls_CAfile|smtpd_tls_CApath",
+                    format!("{}: {e}", f.display()),
+                )),
             }
         }
         let verifier = if roots.is_empty() {
