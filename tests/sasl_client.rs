@@ -222,22 +222,19 @@ fn noplaintext_default_refuses_plain_and_login() {
     a.stop();
 }
 
-/// relais → relais with AUTH, once the SASL server (branch `sasl`, built-in passwd file) is
-/// merged: the peer requires AUTH on submission and the client logs in over STARTTLS.
+/// relais → relais with AUTH, once the SASL server (branch `sasl`: built-in passwd-file type,
+/// AUTH on the submission service of the default conf) is merged: B relays only for
+/// authenticated clients; A logs in over STARTTLS with smtp_sasl_password_maps.
 #[test]
 #[ignore = "needs relais's SASL server (branch sasl), not merged yet"]
 fn relais_to_relais_submission_with_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let passwd = dir.path().join("passwd");
-    // {PLAIN} scheme as doveadm pw -s PLAIN writes it.
-    std::fs::write(&passwd, "relayuser:{PLAIN}s3cret\n").unwrap();
     let mut b = Instance::with_main_cf_extra(&format!(
-        "{}\nsmtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = relais\nsmtpd_sasl_path = {}\n\
+        "{}\nsmtpd_sasl_type = passwd-file\nsmtpd_sasl_path = $config_directory/sasl_passwd\n\
          smtpd_sasl_security_options = noanonymous\nmynetworks = 192.0.2.0/24\n\
-         smtpd_relay_restrictions = permit_sasl_authenticated, reject\n",
-        relayhost_to_nowhere(),
-        passwd.display()
+         smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination\n",
+        relayhost_to_nowhere()
     ));
+    std::fs::write(b.conf().join("sasl_passwd"), "relayuser:{PLAIN}s3cret\n").unwrap();
     b.start();
     let mut a = Instance::with_main_cf_extra(&format!(
         "{FAST}relayhost = [127.0.0.1]:{p}\nsmtp_tls_security_level = encrypt\nsmtp_sasl_auth_enable = yes\n\
@@ -255,7 +252,8 @@ fn relais_to_relais_submission_with_auth() {
         "{}",
         a.log()
     );
-    assert!(a.log().contains("status=sent"), "{}", a.log());
+    assert!(a.log().contains("status=sent"), "{}\n{}", a.log(), b.log());
+    assert!(!a.log().contains("s3cret"), "{}", a.log());
     a.stop();
     b.stop();
 }
