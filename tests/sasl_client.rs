@@ -226,7 +226,7 @@ fn noplaintext_default_refuses_plain_and_login() {
 /// AUTH on the submission service of the default conf) is merged: B relays only for
 /// authenticated clients; A logs in over STARTTLS with smtp_sasl_password_maps.
 #[test]
-#[ignore = "needs relais's SASL server (branch sasl), not merged yet"]
+#[ignore = "needs relais's SASL server (branch sasl): passes once merged; remove this ignore then"]
 fn relais_to_relais_submission_with_auth() {
     let mut b = Instance::with_main_cf_extra(&format!(
         "{}\nsmtpd_sasl_type = passwd-file\nsmtpd_sasl_path = $config_directory/sasl_passwd\n\
