@@ -225,6 +225,126 @@ impl Dns {
     }
 }
 
+/// The DNS name under which `ip` is listed in a DNSBL zone (or, with `in-addr.arpa` /
+/// `ip6.arpa`, its PTR name): reversed octets, or reversed nibbles for IPv6.
+pub fn reversed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut parts = Vec::with_capacity(32);
+            for b in v6.octets().iter().rev() {
+                parts.push(format!("{:x}", b & 0x0f));
+                parts.push(format!("{:x}", b >> 4));
+            }
+            parts.join(".")
+        }
+    }
+}
+
+impl Dns {
+    /// The names a PTR lookup of `ip` gives (without trailing dots).
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let zone = if ip.is_ipv4() {
+            "in-addr.arpa"
+        } else {
+            "ip6.arpa"
+        };
+        let name = format!("{}.{zone}", reversed(ip));
+        match self
+            .resolver
+            .reverse_lookup(format!("{name}.").as_str())
+            .await
+        {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err(classify(&e, &name, "PTR")),
+        }
+    }
+
+    /// The IPv4 addresses of `name` (DNSBL answers are A records, whatever inet_protocols
+    /// says).
+    pub async fn a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        let name = name.trim_end_matches('.');
+        match self.resolver.ipv4_lookup(format!("{name}.").as_str()).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err(classify(&e, name, "A")),
+        }
+    }
+
+    /// The TXT strings of `name`, each record's pieces joined.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let name = name.trim_end_matches('.');
+        match self.resolver.txt_lookup(format!("{name}.").as_str()).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err(classify(&e, name, "TXT")),
+        }
+    }
+
+    /// The name servers of `domain`.
+    pub async fn ns(&self, domain: &str) -> Result<Vec<String>, DnsError> {
+        let name = domain.trim_end_matches('.');
+        match self.resolver.ns_lookup(format!("{name}.").as_str()).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::NS(n) => Some(n.0.to_ascii().trim_end_matches('.').to_string()),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => Err(classify(&e, name, "NS")),
+        }
+    }
+
+    /// Whether `name` has an A, AAAA or MX record (Postfix's reject_unknown_* test): Ok(true)
+    /// yes, Ok(false) definitely not (NXDOMAIN or no such records), Err a temporary failure.
+    pub async fn has_address_or_mx(&self, name: &str) -> Result<bool, DnsError> {
+        let mut temp = None;
+        match self.mx(name).await {
+            Ok(Mx::Records(_)) | Ok(Mx::NullMx) => return Ok(true),
+            Ok(Mx::NoMx) => {}
+            Err(DnsError::NotFound { .. }) => return Ok(false),
+            Err(e) => temp = Some(e),
+        }
+        match self.addrs(name).await {
+            Ok(v) if !v.is_empty() => Ok(true),
+            Ok(_) | Err(DnsError::NotFound { .. }) | Err(DnsError::NoData { .. }) => match temp {
+                Some(e) => Err(e),
+                None => Ok(false),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Sorts a hickory error into the four cases an MTA acts on.
 fn classify(e: &NetError, name: &str, rtype: &'static str) -> DnsError {
     let name = name.to_string();

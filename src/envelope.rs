@@ -88,6 +88,57 @@ pub struct Envelope {
     pub envid: Option<String>,
     pub body_type: BodyType,
     pub smtputf8: bool,
+    /// What the SMTP access policy decided beyond accept/refuse (access(5) HOLD, DISCARD,
+    /// REDIRECT, FILTER, BCC, PREPEND); cleanup applies them, qmgr honours `filter`.
+    pub actions: Actions,
+}
+
+/// Side effects of access(5) results and policy-service replies on one message. smtpd fills
+/// them in; cleanup applies hold/discard/redirect/bcc/prepend; `filter` stays with the message
+/// and routes every recipient through that `transport:nexthop`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Actions {
+    /// HOLD: the message goes to the hold queue (the text is the reason logged).
+    pub hold: Option<String>,
+    /// DISCARD: accepted and dropped.
+    pub discard: Option<String>,
+    /// REDIRECT: every recipient is replaced by this address.
+    pub redirect: Option<String>,
+    /// FILTER: `transport:nexthop` content filter for all recipients.
+    pub filter: Option<String>,
+    /// BCC: recipients added.
+    pub bcc: Vec<String>,
+    /// PREPEND: header lines added at the top of the message.
+    pub prepend: Vec<String>,
+}
+
+impl Actions {
+    /// Adds what `other` decided (later decisions of the same kind win, as in Postfix;
+    /// BCC and PREPEND accumulate).
+    pub fn merge(&mut self, other: Actions) {
+        if other.hold.is_some() && self.hold.is_none() {
+            self.hold = other.hold;
+        }
+        if other.discard.is_some() && self.discard.is_none() {
+            self.discard = other.discard;
+        }
+        if other.redirect.is_some() {
+            self.redirect = other.redirect;
+        }
+        if other.filter.is_some() {
+            self.filter = other.filter;
+        }
+        for b in other.bcc {
+            if !self.bcc.contains(&b) {
+                self.bcc.push(b);
+            }
+        }
+        self.prepend.extend(other.prepend);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Actions::default()
+    }
 }
 
 /// How and from whom a message arrived (Postfix's client_* / log_* named attributes).

@@ -18,6 +18,7 @@ pub mod master;
 pub mod pickup;
 pub mod qmgr;
 pub mod queue;
+pub mod sasl;
 pub mod showq;
 pub mod smtp;
 pub mod smtpd;

@@ -1,7 +1,6 @@
 //! SASL client acceptance: the real relais binary relays through a smarthost that requires
-//! AUTH. The smarthost here is a small in-test SMTP server (AUTH PLAIN and LOGIN, 530 for
-//! MAIL before AUTH), because relais's SASL server is being written on another branch; the
-//! relais→relais test is written below and ignored until that branch is merged.
+//! AUTH: a small in-test SMTP server (AUTH PLAIN and LOGIN, 530 for MAIL before AUTH, which
+//! records the credentials it got), and a second relais with its passwd-file SASL server.
 
 mod common;
 mod delivery;
@@ -222,11 +221,10 @@ fn noplaintext_default_refuses_plain_and_login() {
     a.stop();
 }
 
-/// relais → relais with AUTH, once the SASL server (branch `sasl`: built-in passwd-file type,
-/// AUTH on the submission service of the default conf) is merged: B relays only for
-/// authenticated clients; A logs in over STARTTLS with smtp_sasl_password_maps.
+/// relais → relais with AUTH (B: built-in passwd-file type, AUTH on the submission service of
+/// the default conf): B relays only for authenticated clients; A logs in over STARTTLS with
+/// smtp_sasl_password_maps.
 #[test]
-#[ignore = "needs relais's SASL server (branch sasl): passes once merged; remove this ignore then"]
 fn relais_to_relais_submission_with_auth() {
     let mut b = Instance::with_main_cf_extra(&format!(
         "{}\nsmtpd_sasl_type = passwd-file\nsmtpd_sasl_path = $config_directory/sasl_passwd\n\

@@ -55,7 +55,6 @@ fn relais_check_lists_what_it_does_not_honour() {
         "service smtp/inet: TLS keys cannot be loaded",
         "the service will not be started rather than accept mail in plaintext",
         "tls_medium_cipherlist = ",
-        "smtpd_sasl_auth_enable = yes is not honoured",
         // The second append_dot_mydomain is pointed out.
         "append_dot_mydomain is set again at line",
         // Unsupported master.cf commands, by line.

@@ -4,7 +4,7 @@
 
 use relais::config::Config;
 use relais::envelope::{Envelope, Origin};
-use relais::smtpd::{Backend, BoxFuture, Reply, Session, SessionInfo, Settings};
+use relais::smtpd::{Backend, BoxFuture, Checked, Reply, Session, SessionInfo, Settings};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +21,13 @@ impl Backend for Golden {
     fn new_queue_id(&self) -> String {
         "5B89E9AA104".into()
     }
-    fn check_recipient(&self, _: &SessionInfo, rcpt: &str) -> Result<(), Reply> {
-        if rcpt == "victim@example.net" {
-            Err(self.deny.clone())
+    fn check_recipient(&self, _: &SessionInfo, rcpt: &str) -> BoxFuture<'static, Checked> {
+        let c = if rcpt == "victim@example.net" {
+            Checked::reject(self.deny.clone())
         } else {
-            Ok(())
-        }
+            Checked::permit()
+        };
+        Box::pin(async move { c })
     }
     fn enqueue(
         &self,

@@ -3,7 +3,7 @@
 use actix::Actor;
 use relais::config::Config;
 use relais::envelope::{Envelope, Origin};
-use relais::smtpd::{Backend, BoxFuture, Reload, Reply, SessionInfo, Smtpd};
+use relais::smtpd::{Backend, BoxFuture, Checked, Reload, Reply, SessionInfo, Smtpd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,8 @@ impl Backend for Accept {
     fn new_queue_id(&self) -> String {
         "ABC123".into()
     }
-    fn check_recipient(&self, _: &SessionInfo, _: &str) -> Result<(), Reply> {
-        Ok(())
+    fn check_recipient(&self, _: &SessionInfo, _: &str) -> BoxFuture<'static, Checked> {
+        Box::pin(async { Checked::permit() })
     }
     fn enqueue(
         &self,

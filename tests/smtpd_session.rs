@@ -2,7 +2,9 @@
 //! test backend that accepts and records messages.
 
 use relais::envelope::{Envelope, Origin};
-use relais::smtpd::{Backend, BareNewline, BoxFuture, Reply, Session, SessionInfo, Settings};
+use relais::smtpd::{
+    Backend, BareNewline, BoxFuture, Checked, Reply, Session, SessionInfo, Settings,
+};
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,15 +25,16 @@ impl Backend for TestBackend {
     fn new_queue_id(&self) -> String {
         format!("ID{:04}", self.next.fetch_add(1, Ordering::SeqCst) + 1)
     }
-    fn check_recipient(&self, _s: &SessionInfo, rcpt: &str) -> Result<(), Reply> {
-        if rcpt.ends_with("@elsewhere.example") {
-            Err(Reply::new(
+    fn check_recipient(&self, _s: &SessionInfo, rcpt: &str) -> BoxFuture<'static, Checked> {
+        let c = if rcpt.ends_with("@elsewhere.example") {
+            Checked::reject(Reply::new(
                 554,
                 format!("5.7.1 <{rcpt}>: Relay access denied"),
             ))
         } else {
-            Ok(())
-        }
+            Checked::permit()
+        };
+        Box::pin(async move { c })
     }
     fn enqueue(
         &self,
@@ -327,7 +330,7 @@ async fn mail_params_ret_envid_smtputf8_auth() {
         vec![
             ehlo(),
             cmd(
-                "MAIL FROM:<a@example.com> RET=HDRS ENVID=abc123 SMTPUTF8 AUTH=<> BODY=8BITMIME",
+                "MAIL FROM:<a@example.com> RET=HDRS ENVID=abc123 SMTPUTF8 BODY=8BITMIME",
                 "250 2.1.0 Ok",
             ),
             cmd("RCPT TO:<b@example.net>", "250 2.1.5 Ok"),

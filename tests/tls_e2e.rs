@@ -95,7 +95,7 @@ fn commands_pipelined_with_starttls_are_discarded() {
     inst.start();
     // STARTTLS and a plaintext MAIL FROM in the same packet: the MAIL must not be answered,
     // neither in plaintext nor inside the TLS session (CVE-2011-0411).
-    let mut child = Command::new("openssl")
+    let child = Command::new("openssl")
         .args([
             "s_client",
             "-quiet",

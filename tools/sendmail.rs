@@ -287,6 +287,7 @@ fn main() {
         envid: o.envid.clone(),
         body_type: o.body,
         smtputf8: false,
+        actions: Default::default(),
     };
     let origin = Origin {
         protocol: String::new(),

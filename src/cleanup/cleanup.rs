@@ -126,6 +126,11 @@ impl Handler<Enqueue> for Cleanup {
                 for b in &cleaned.bcc {
                     env.recipients.push(Recipient::new(b.clone()));
                 }
+                // Applied: only the content filter stays with the message (qmgr routes by it).
+                env.actions = crate::envelope::Actions {
+                    filter: cleaned.filter.clone(),
+                    ..Default::default()
+                };
                 env.sender = rewriter.canonicalize(&env.sender);
                 for r in &mut env.recipients {
                     r.address = rewriter.canonicalize(&r.address);

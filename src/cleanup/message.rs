@@ -183,7 +183,16 @@ fn is_mime_header(h: &Header) -> bool {
 
 /// Runs cleanup on one submission.
 pub fn process(sub: &Submission, s: &Settings) -> Result<Cleaned, Rejected> {
-    let mut out = Cleaned::default();
+    // smtpd's access policy decisions come first; header/body checks may add to them.
+    let acts = &sub.envelope.actions;
+    let mut out = Cleaned {
+        hold: acts.hold.clone(),
+        discard: acts.discard.clone(),
+        redirect: acts.redirect.clone(),
+        filter: acts.filter.clone(),
+        bcc: acts.bcc.clone(),
+        ..Cleaned::default()
+    };
     let (hdrs, body) = headers::split(&sub.content);
     let local = sub.origin.client_addr.is_empty();
     let mut kept: Vec<Header> = Vec::with_capacity(hdrs.len() + 4);
@@ -316,6 +325,15 @@ pub fn process(sub: &Submission, s: &Settings) -> Result<Cleaned, Rejected> {
                 .to_wire(&mut content);
             }
         }
+    }
+    // PREPEND results of the access policy go right after our Received:, as Postfix's smtpd
+    // writes them ahead of the message's own headers.
+    for text in &acts.prepend {
+        Header {
+            name: text.split(':').next().unwrap_or("").trim().to_string(),
+            text: text.clone(),
+        }
+        .to_wire(&mut content);
     }
     for h in kept.iter().chain(added.iter()) {
         h.to_wire(&mut content);

@@ -257,6 +257,7 @@ struct SmtpdService {
     addrs: Vec<Addr<crate::smtpd::server::Smtpd>>,
     backend: Arc<crate::smtpd::backend::QueueBackend>,
     rewriter: Arc<dyn Fn() -> Arc<Rewriter> + Send + Sync>,
+    dns: Option<Arc<crate::dns::Dns>>,
 }
 
 impl ServiceHandle for SmtpdService {
@@ -266,6 +267,10 @@ impl ServiceHandle for SmtpdService {
     fn reload(&self, cfg: Config) {
         match crate::smtpd::policy::Policy::from_config(&cfg, (self.rewriter)()) {
             Ok((p, _)) => {
+                let p = match &self.dns {
+                    Some(d) => p.with_dns(d.clone()),
+                    None => p,
+                };
                 if let Ok(mut g) = self.backend.policy.write() {
                     *g = Arc::new(p);
                 }
@@ -405,6 +410,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                 let (policy, warnings) =
                     crate::smtpd::policy::Policy::from_config(&cfg, sh.rewriter())
                         .map_err(|e| e.to_string())?;
+                let policy = policy.with_dns(sh.dns.clone());
                 let span = crate::log::service_span!(tag);
                 for w in warnings {
                     span.in_scope(|| tracing::warn!("service {}: {w}", spec.id()));
@@ -428,6 +434,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                     addrs: started,
                     backend,
                     rewriter: Arc::new(move || sh3.rewriter()),
+                    dns: Some(sh.dns.clone()),
                 }))
             }
             "smtp" | "lmtp" => {

@@ -283,9 +283,14 @@ impl Qmgr {
             }
             match self.rewriter.resolve(&r.address) {
                 Ok(res) => {
-                    let key = DestKey {
-                        transport: res.transport,
-                        nexthop: res.nexthop,
+                    // A content filter (access FILTER, header_checks FILTER) overrides the
+                    // route of every recipient; an empty next hop keeps the recipient's domain.
+                    let key = match content_filter(&msg.record.envelope.actions.filter, &res) {
+                        Some(k) => k,
+                        None => DestKey {
+                            transport: res.transport,
+                            nexthop: res.nexthop,
+                        },
                     };
                     if !groups.contains_key(&key) {
                         order.push(key.clone());
@@ -785,4 +790,27 @@ impl Handler<Reload> for Qmgr {
         self.rewriter = msg.rewriter;
         self.pump(ctx);
     }
+}
+
+/// `transport:nexthop` of a content filter, as the destination of one resolved recipient.
+fn content_filter(
+    filter: &Option<String>,
+    res: &crate::trivial_rewrite::Resolved,
+) -> Option<DestKey> {
+    let (transport, nexthop) = filter.as_deref()?.split_once(':')?;
+    if transport.is_empty() {
+        return None;
+    }
+    let nexthop = if nexthop.is_empty() {
+        res.address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_else(|| res.nexthop.clone())
+    } else {
+        nexthop.to_string()
+    };
+    Some(DestKey {
+        transport: transport.to_string(),
+        nexthop,
+    })
 }

@@ -4,10 +4,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::policy::{Ctx, Policy, Verdict};
+use super::policy::{Ctx, Policy};
 use super::reply::Reply;
 use super::session::SessionInfo;
-use super::{Backend, BoxFuture};
+use super::{Backend, BoxFuture, CheckPoint, Checked, ClientNames};
 use crate::cleanup::cleanup::{Cleanup, Enqueue};
 use crate::cleanup::message::Submission;
 use crate::envelope::{Envelope, Origin};
@@ -22,10 +22,44 @@ pub struct QueueBackend {
     pub cleanup: CleanupLocator,
 }
 
-/// Splits `"554 5.7.1 text"` into a Reply.
 fn reply_of(text: &str) -> Reply {
-    let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
-    Reply::new(code.parse().unwrap_or(451), rest.to_string())
+    super::policy::reply_of(text)
+}
+
+impl QueueBackend {
+    fn current(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// The policy's view of a session (plus the recipient or ETRN domain).
+pub fn ctx<'a>(s: &'a SessionInfo, rcpt: &'a str, etrn: &'a str) -> Ctx<'a> {
+    Ctx {
+        client_addr: &s.client_addr,
+        client_name: &s.client_name,
+        reverse_name: &s.reverse_name,
+        name_status: s.name_status,
+        reverse_status: s.reverse_status,
+        helo: s.helo.as_deref(),
+        sender: s.sender.as_deref(),
+        rcpt,
+        // Postfix's permit_sasl_authenticated: any method but ANONYMOUS.
+        sasl: s.sasl_user.is_some()
+            && !s
+                .sasl_method
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case("ANONYMOUS")),
+        sasl_user: s.sasl_user.as_deref(),
+        ccert: s.ccert.as_ref(),
+        protocol: &s.protocol,
+        queue_id: s.queue_id.as_deref().unwrap_or(""),
+        recipient_count: s.recipient_count,
+        size: s.size,
+        etrn_domain: etrn,
+    }
 }
 
 impl Backend for QueueBackend {
@@ -41,25 +75,27 @@ impl Backend for QueueBackend {
         }
     }
 
-    fn check_recipient(&self, s: &SessionInfo, rcpt: &str) -> Result<(), Reply> {
-        let policy = self
-            .policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        let ctx = Ctx {
-            client_addr: &s.client_addr,
-            client_name: &s.client_name,
-            helo: s.helo.as_deref(),
-            sender: s.sender.as_deref(),
-            rcpt,
-            sasl: false,
-            ccert: s.ccert.as_ref(),
-        };
-        match policy.check(&ctx) {
-            Verdict::Permit => Ok(()),
-            Verdict::Reject(text) => Err(reply_of(&text)),
-        }
+    fn check_recipient(&self, s: &SessionInfo, rcpt: &str) -> BoxFuture<'static, Checked> {
+        let policy = self.current();
+        let s = s.clone();
+        let rcpt = rcpt.to_string();
+        Box::pin(async move { policy.check(&ctx(&s, &rcpt, "")).await })
+    }
+
+    fn check(&self, at: CheckPoint, s: &SessionInfo, arg: &str) -> BoxFuture<'static, Checked> {
+        let policy = self.current();
+        let s = s.clone();
+        let arg = arg.to_string();
+        Box::pin(async move { policy.check_at(at, &ctx(&s, "", &arg)).await })
+    }
+
+    fn delay_reject(&self) -> bool {
+        self.current().delay_reject()
+    }
+
+    fn lookup_client(&self, addr: std::net::IpAddr) -> BoxFuture<'static, ClientNames> {
+        let policy = self.current();
+        Box::pin(async move { policy.client_names(addr).await })
     }
 
     fn enqueue(

@@ -34,6 +34,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Flow::Continue);
             }
         };
+        if chunked.received == 0 && !chunked.checked {
+            chunked.checked = true;
+            self.state = State::Rcpt(tx);
+            let refused = self.check_at(super::CheckPoint::Data, "").await;
+            let State::Rcpt(t) = std::mem::take(&mut self.state) else {
+                return Ok(Flow::Continue);
+            };
+            if let Some(r) = refused {
+                // The chunk is read and dropped; the transaction stays open.
+                self.state = State::Rcpt(t);
+                self.discard(size).await?;
+                self.reply(r).await;
+                return Ok(Flow::Continue);
+            }
+            return self.bdat_chunk(t, chunked, size, last).await;
+        }
+        self.bdat_chunk(tx, chunked, size, last).await
+    }
+
+    async fn bdat_chunk(
+        &mut self,
+        tx: Box<super::state::Transaction>,
+        mut chunked: Chunked,
+        size: u64,
+        last: bool,
+    ) -> Result<Flow, SmtpdError> {
         let limit = self.settings.message_size_limit;
         let mut left = size;
         // Bounded: each round consumes at least one byte of the chunk.

@@ -9,6 +9,7 @@ use super::reply::Reply;
 use super::session::{Ending, Flow, Session};
 use super::settings::BareNewline;
 use super::state::{State, Transaction};
+use super::CheckPoint;
 use super::SmtpdError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
@@ -33,6 +34,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply(r).await;
                 return Ok(Flow::Continue);
             }
+        };
+        self.state = State::Rcpt(tx);
+        self.info.recipient_count = self
+            .state
+            .transaction()
+            .map(|t| t.envelope.recipients.len())
+            .unwrap_or(0);
+        let last = self
+            .state
+            .transaction()
+            .and_then(|t| t.envelope.recipients.last())
+            .map(|r| r.address.clone());
+        let c = self.backend.check(CheckPoint::Data, &self.info, "").await;
+        let id = self.info.queue_id.clone();
+        self.log_events(id.as_deref(), CheckPoint::Data, &c.events, last.as_deref());
+        if let Some(r) = c.reject {
+            // Postfix's DATA refusals carry no queue ID; the transaction stays open.
+            self.log_whatsup(
+                None,
+                "reject",
+                CheckPoint::Data,
+                &r.one_line(),
+                last.as_deref(),
+            );
+            self.reply(r).await;
+            return Ok(Flow::Continue);
+        }
+        self.merge_actions(c.actions);
+        let State::Rcpt(tx) = std::mem::take(&mut self.state) else {
+            // Just put there.
+            return Ok(Flow::Continue);
         };
         self.reply(Reply::new(354, "End data with <CR><LF>.<CR><LF>"))
             .await;
@@ -93,7 +125,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Hands the message to the backend and answers with its fate. The transaction ends
     /// either way.
-    pub(super) async fn finish_message(&mut self, tx: Box<Transaction>, body: Vec<u8>) {
+    pub(super) async fn finish_message(&mut self, mut tx: Box<Transaction>, body: Vec<u8>) {
+        // smtpd_end_of_data_restrictions, before anything is queued.
+        self.info.size = body.len() as u64;
+        self.info.queue_id = tx.queue_id.clone();
+        self.info.recipient_count = tx.envelope.recipients.len();
+        let last = tx.envelope.recipients.last().map(|r| r.address.clone());
+        let c = self
+            .backend
+            .check(CheckPoint::EndOfData, &self.info, "")
+            .await;
+        let actions = c.actions.clone();
+        if let Some(r) = self.apply_checked(CheckPoint::EndOfData, c, last.as_deref()) {
+            self.reset_transaction();
+            self.reply(r).await;
+            return;
+        }
+        tx.envelope.actions.merge(actions);
         self.reset_transaction();
         let Some(id) = tx.queue_id.clone() else {
             // Unreachable by construction (a recipient was accepted), but never queue

@@ -13,6 +13,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Flow::Continue;
         }
         self.greet(host, "SMTP");
+        if self.helo_refused().await {
+            return Flow::Continue;
+        }
         let r = Reply::new(250, self.settings.myhostname.clone());
         self.reply(r).await;
         Flow::Continue
@@ -25,6 +28,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Flow::Continue;
         }
         self.greet(host, "ESMTP");
+        if self.helo_refused().await {
+            return Flow::Continue;
+        }
+        let auth = self.auth_ehlo_lines().await;
         let s = &self.settings;
         let mut lines = vec![s.myhostname.clone(), "PIPELINING".to_string()];
         if s.message_size_limit > 0 {
@@ -39,6 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if s.tls.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".to_string());
         }
+        lines.extend(auth);
         lines.push("ENHANCEDSTATUSCODES".to_string());
         lines.push("8BITMIME".to_string());
         lines.push("DSN".to_string());
@@ -48,6 +56,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         lines.push("CHUNKING".to_string());
         self.reply(Reply::multi(250, lines)).await;
         Flow::Continue
+    }
+
+    /// smtpd_helo_restrictions at the command (smtpd_delay_reject = no); a refused name is
+    /// forgotten.
+    async fn helo_refused(&mut self) -> bool {
+        match self.check_at(super::CheckPoint::Helo, "").await {
+            Some(r) => {
+                self.info.helo = None;
+                self.reply(r).await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// A new greeting starts over: no transaction survives it (RFC 5321 4.1.4).

@@ -36,6 +36,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .await;
             return Flow::Continue;
         }
+        if let Some(r) = self.check_at(super::CheckPoint::Etrn, domain).await {
+            self.reply(r).await;
+            return Flow::Continue;
+        }
         let d = domain.to_ascii_lowercase();
         let served = self.settings.fast_flush_domains.iter().any(|f| {
             let f = f.trim_start_matches('.');

@@ -87,6 +87,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             return self.unsupported("extension not offered").await;
         }
+        // AUTH= (RFC 4954 section 5): kept for the log only, as Postfix; refused when this
+        // service has no AUTH.
+        if let Some(a) = &from.auth {
+            if self.sasl_active().is_none() {
+                self.reply(Reply::new(503, "5.5.4 Error: authentication disabled"))
+                    .await;
+                return Flow::Continue;
+            }
+            if a != "<>" {
+                self.info.sasl_sender = Some(crate::sasl::printable(a));
+            }
+        }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if smtputf8 && !self.settings.smtputf8 {
             return self.unsupported("SMTPUTF8").await;
@@ -126,6 +138,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ..Default::default()
         };
         self.info.sender = Some(from.address);
+        self.info.size = self.declared_size.unwrap_or(0);
+        // smtpd_sender_restrictions now when smtpd_delay_reject = no.
+        let c = if self.backend.delay_reject() {
+            super::Checked::permit()
+        } else {
+            self.backend
+                .check(super::CheckPoint::Mail, &self.info, "")
+                .await
+        };
+        let mut env = env;
+        let id = self.info.queue_id.clone();
+        self.log_events(id.as_deref(), super::CheckPoint::Mail, &c.events, None);
+        if let Some(r) = c.reject {
+            self.log_whatsup(None, "reject", super::CheckPoint::Mail, &r.one_line(), None);
+            self.info.sender = None;
+            self.reply(r).await;
+            return Flow::Continue;
+        }
+        env.actions.merge(c.actions);
         self.state = State::Mail(Box::new(Transaction {
             envelope: env,
             queue_id: None,

@@ -18,6 +18,13 @@
 //!     line and is stored as CRLF, with `yes` the session is ended with `521 5.5.2`. Every stored
 //!     line ends in CRLF, so nothing that a later hop could read as end-of-data passes raw.
 //!
+//!     AUTH (RFC 4954, `auth.rs`) is offered when smtpd_sasl_auth_enable = yes for the service,
+//!     not before STARTTLS with smtpd_tls_auth_only (or TLS enforcement), with the mechanisms
+//!     of the SASL server ([`crate::sasl`]: Dovecot or relais's passwd-file) that pass
+//!     smtpd_sasl_security_options / smtpd_sasl_tls_security_options. An authenticated session
+//!     passes permit_sasl_authenticated, is checked by smtpd_sender_login_maps (`login.rs`),
+//!     and its messages get `with ESMTPA`/`ESMTPSA` in Received:.
+//!
 //!     The [`Smtpd`] actor owns a listening socket, runs one tokio task per session and enforces
 //!     the per-client connection count limit. The rest of the mail system is reached through the
 //!     small [`Backend`] trait: a queue ID, a recipient check, and "enqueue this message".
@@ -28,9 +35,18 @@
 //!     is on disk.
 //!
 //! MESSAGES
-//!     `connect from host[addr]`, `ID: client=host[addr]`, `NOQUEUE: reject: RCPT from …`,
+//!     `connect from host[addr]`, `ID: client=host[addr]`, `NOQUEUE: reject: RCPT from …`
+//!     (also CONNECT, EHLO, MAIL, DATA, ETRN; `ID: reject: END-OF-MESSAGE from …`), and for the
+//!     access policy's actions `ID: hold|discard|redirect|filter|bcc|warn|reject_warning: RCPT
+//!     from host[addr]: text; from=<…> to=<…> proto=… helo=<…>`,
+//!     `warning: problem talking to server inet:…`, `warning: hostname X does not resolve to
+//!     address A`,
 //!     `lost connection after CMD from …`, `timeout after CMD from …`,
-//!     `warning: non-SMTP command from …`, `disconnect from host[addr] ehlo=1 … commands=N`.
+//!     `warning: non-SMTP command from …`,
+//!     `ID: client=host[addr], sasl_method=PLAIN, sasl_username=user`,
+//!     `warning: host[addr]: SASL PLAIN authentication failed: reason, sasl_username=user`
+//!     (fail2ban's postfix-sasl filter reads it), `warning: host[addr]: SASL LOGIN
+//!     authentication aborted`, `disconnect from host[addr] ehlo=1 … commands=N`.
 //!
 //! SECURITY
 //!     smtpd talks to untrusted clients. Memory is bounded whatever they send: command lines by
@@ -39,7 +55,25 @@
 //!     smtpd_timeout. Errors are counted and the session ended at smtpd_hard_error_limit.
 //!     HTTP requests and header lines sent as commands end the session at once.
 //!
+//!     The access policy ([`policy`]) runs at each check point ([`CheckPoint`]); it may use DNS
+//!     (the client's PTR name with forward confirmation at connect, bounded to 5s and skipped
+//!     for loopback clients; DNSBLs) and policy servers ([`policy_client`]).
+//!
 //! CONFIGURATION PARAMETERS
+//!     broken_sasl_auth_clients (no)
+//!     access_map_defer_code (450), access_map_reject_code (554), default_rbl_reply,
+//!     defer_code (450), invalid_hostname_reject_code (501), maps_rbl_reject_code (554),
+//!     non_fqdn_reject_code (504), rbl_reply_maps, reject_code (554),
+//!     reject_tempfail_action (defer_if_permit), relay_domains_reject_code (554),
+//!     smtpd_client_restrictions, smtpd_data_restrictions, smtpd_delay_reject (yes),
+//!     smtpd_end_of_data_restrictions, smtpd_etrn_restrictions, smtpd_helo_restrictions,
+//!     smtpd_policy_service_{default_action,max_idle,max_ttl,policy_context,request_limit,
+//!     retry_delay,timeout,try_limit}, smtpd_recipient_restrictions, smtpd_reject_footer,
+//!     smtpd_reject_unlisted_recipient (yes), smtpd_relay_restrictions,
+//!     smtpd_restriction_classes, smtpd_sender_restrictions, unknown_address_reject_code (450),
+//!     unknown_address_tempfail_action, unknown_client_reject_code (450),
+//!     unknown_helo_hostname_tempfail_action, unknown_hostname_reject_code (450),
+//!     unknown_virtual_mailbox_reject_code (550), relais_dns_servers
 //!     disable_vrfy_command (no)
 //!     fast_flush_domains ($relay_domains)
 //!     line_length_limit (2048)
@@ -56,21 +90,31 @@
 //!     smtpd_helo_required (no)
 //!     smtpd_junk_command_limit (100)
 //!     smtpd_recipient_limit (1000)
+//!     smtpd_sasl_auth_enable (no)
+//!     smtpd_sasl_response_limit (12288)
+//!     smtpd_sasl_security_options, smtpd_sasl_tls_security_options, smtpd_sasl_type,
+//!     smtpd_sasl_path, smtpd_sasl_local_domain, smtpd_sasl_service (see crate::sasl)
+//!     smtpd_sender_login_maps (empty)
 //!     smtpd_soft_error_limit (10)
 //!     smtpd_timeout (300s)
+//!     smtpd_tls_auth_only (no)
 //!     smtputf8_enable (yes)
 //!     syslog_name (postfix)
 
+mod auth;
 pub mod backend;
 mod bdat;
+mod checks;
 mod conn;
 mod data;
 mod ehlo;
 mod etrn;
 mod help;
+mod login;
 mod mail;
 mod noop;
 pub mod policy;
+pub mod policy_client;
 mod quit;
 mod rcpt;
 pub mod reply;
@@ -92,12 +136,121 @@ use thiserror::Error;
 /// A boxed future, so that [`Backend`] stays object-safe.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// Where the session asks the access policy (Postfix's restriction list stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPoint {
+    /// smtpd_client_restrictions at connect (smtpd_delay_reject = no).
+    Connect,
+    /// smtpd_helo_restrictions at HELO/EHLO (smtpd_delay_reject = no).
+    Helo,
+    /// smtpd_sender_restrictions at MAIL FROM (smtpd_delay_reject = no).
+    Mail,
+    /// Everything due at RCPT TO (see [`Backend::check_recipient`]).
+    Rcpt,
+    /// smtpd_data_restrictions at DATA (and the first BDAT).
+    Data,
+    /// smtpd_end_of_data_restrictions after the content, before it is queued.
+    EndOfData,
+    /// smtpd_etrn_restrictions at ETRN.
+    Etrn,
+}
+
+impl CheckPoint {
+    /// The command named in `NOQUEUE: reject: CMD from …`.
+    pub fn command(self) -> &'static str {
+        match self {
+            CheckPoint::Connect => "CONNECT",
+            CheckPoint::Helo => "EHLO",
+            CheckPoint::Mail => "MAIL",
+            CheckPoint::Rcpt => "RCPT",
+            CheckPoint::Data => "DATA",
+            CheckPoint::EndOfData => "END-OF-MESSAGE",
+            CheckPoint::Etrn => "ETRN",
+        }
+    }
+}
+
+/// Something the policy did that Postfix logs as `ID: KIND: CMD from host[addr]: TEXT; from=…`
+/// (kind: hold, discard, redirect, filter, bcc, warn, info, reject_warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// The access policy's answer at one check point.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// The refusal, if refused.
+    pub reject: Option<Reply>,
+    /// Side effects on the transaction (HOLD, DISCARD, REDIRECT, FILTER, BCC, PREPEND).
+    pub actions: crate::envelope::Actions,
+    pub events: Vec<Event>,
+}
+
+impl Checked {
+    pub fn permit() -> Checked {
+        Checked::default()
+    }
+    pub fn reject(r: Reply) -> Checked {
+        Checked {
+            reject: Some(r),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a reverse lookup of the client's address found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameStatus {
+    #[default]
+    Ok,
+    /// Temporary DNS failure.
+    Temp,
+    /// No name (or, for the verified name, no forward confirmation).
+    Perm,
+}
+
+/// The client's names: the verified one (PTR and forward lookup agree) and the PTR one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientNames {
+    pub name: String,
+    pub name_status: NameStatus,
+    pub reverse_name: String,
+    pub reverse_status: NameStatus,
+}
+
+impl ClientNames {
+    pub fn unknown() -> ClientNames {
+        ClientNames {
+            name: "unknown".into(),
+            name_status: NameStatus::Perm,
+            reverse_name: "unknown".into(),
+            reverse_status: NameStatus::Perm,
+        }
+    }
+}
+
 /// What smtpd needs from the rest of the mail system.
 pub trait Backend: Send + Sync + 'static {
     /// A fresh queue ID, taken when the first recipient is accepted (logged as `ID: client=…`).
     fn new_queue_id(&self) -> String;
-    /// Relay control / recipient validation for one RCPT; Ok(()) accepts, Err(reply) rejects.
-    fn check_recipient(&self, s: &SessionInfo, rcpt: &str) -> Result<(), Reply>;
+    /// The access policy for one RCPT: with smtpd_delay_reject = yes the client, HELO and
+    /// sender lists, then relay control and the recipient list. May do DNS or talk to a
+    /// policy server, hence the future.
+    fn check_recipient(&self, s: &SessionInfo, rcpt: &str) -> BoxFuture<'static, Checked>;
+    /// The access policy at the other check points; `arg` is the ETRN domain (else empty).
+    fn check(&self, _at: CheckPoint, _s: &SessionInfo, _arg: &str) -> BoxFuture<'static, Checked> {
+        Box::pin(async { Checked::permit() })
+    }
+    /// smtpd_delay_reject: client/HELO/sender restrictions wait for RCPT TO.
+    fn delay_reject(&self) -> bool {
+        true
+    }
+    /// The client's host names from DNS (PTR, then forward confirmation), bounded in time.
+    fn lookup_client(&self, _addr: std::net::IpAddr) -> BoxFuture<'static, ClientNames> {
+        Box::pin(async { ClientNames::unknown() })
+    }
     /// Hands a complete message to cleanup; resolves only when it is durably queued.
     fn enqueue(
         &self,

@@ -5,6 +5,7 @@ use super::mail::{address_arg, bare_local_part, parse};
 use super::reply::Reply;
 use super::session::{Flow, Session};
 use super::state::State;
+use super::CheckPoint;
 use crate::envelope::{Notify, Recipient};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -73,7 +74,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .await;
             return Flow::Continue;
         }
-        if let Err(r) = self.backend.check_recipient(&self.info, &to.address) {
+        self.info.recipient_count = count;
+        self.info.queue_id = self.state.transaction().and_then(|t| t.queue_id.clone());
+        let checked = self.backend.check_recipient(&self.info, &to.address).await;
+        if let Some(r) = checked.reject {
+            let id = self.info.queue_id.clone();
+            self.log_events(
+                id.as_deref(),
+                CheckPoint::Rcpt,
+                &checked.events,
+                Some(&to.address),
+            );
             let from = self.info.sender.clone().unwrap_or_default();
             self.log_reject("RCPT", &r, &from, Some(&to.address));
             self.reply(r).await;
@@ -112,9 +123,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if tx.queue_id.is_none() {
             let id = self.backend.new_queue_id();
-            info!("{id}: client={namaddr}");
+            info!("{id}: client={namaddr}{}", self.sasl_log());
             tx.queue_id = Some(id);
         }
+        self.info.queue_id = tx.queue_id.clone();
+        self.log_events(
+            tx.queue_id.as_deref(),
+            CheckPoint::Rcpt,
+            &checked.events,
+            Some(&rcpt.address),
+        );
+        tx.envelope.actions.merge(checked.actions);
         tx.envelope.recipients.push(rcpt);
         self.state = State::Rcpt(tx);
         self.reply(Reply::new(250, "2.1.5 Ok")).await;

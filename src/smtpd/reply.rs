@@ -49,6 +49,29 @@ impl Reply {
     }
 }
 
+/// smtpd_reject_footer: each footer line becomes a reply line with the reply's enhanced
+/// status code; a line starting with `\c` is appended to the previous line instead.
+pub fn add_footer(r: &mut Reply, footer: Vec<String>) {
+    let dsn = r
+        .lines
+        .first()
+        .and_then(|l| l.split(' ').next())
+        .filter(|d| d.split('.').count() == 3 && d.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        .map(str::to_string);
+    for f in footer {
+        if let Some(rest) = f.strip_prefix("\\c") {
+            if let Some(last) = r.lines.last_mut() {
+                last.push_str(rest);
+                continue;
+            }
+        }
+        r.lines.push(match &dsn {
+            Some(d) => format!("{d} {f}"),
+            None => f,
+        });
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.one_line())

@@ -25,6 +25,21 @@ pub struct SessionInfo {
     pub service: String,
     /// The client's TLS certificate, once a handshake with one is done.
     pub ccert: Option<crate::tlsmgr::ccert::PeerCert>,
+    /// The PTR name (not forward-confirmed), or `unknown`.
+    pub reverse_name: String,
+    pub name_status: super::NameStatus,
+    pub reverse_status: super::NameStatus,
+    /// Queue ID of the transaction, once taken (for the policy service).
+    pub queue_id: Option<String>,
+    /// Recipients accepted so far in the transaction.
+    pub recipient_count: usize,
+    /// SIZE= of MAIL FROM, or the message size at end of data.
+    pub size: u64,
+    /// SASL mechanism and user after a successful AUTH.
+    pub sasl_method: Option<String>,
+    pub sasl_user: Option<String>,
+    /// AUTH= of the transaction in progress (xtext as received), for the log.
+    pub sasl_sender: Option<String>,
 }
 
 impl SessionInfo {
@@ -37,7 +52,8 @@ impl SessionInfo {
             protocol: "SMTP".to_string(),
             sender: None,
             service: service.to_string(),
-            ccert: None,
+            reverse_name: client_name.to_string(),
+            ..Default::default()
         }
     }
 
@@ -106,6 +122,9 @@ pub struct Session<S> {
     pub(super) declared_size: Option<u64>,
     /// How the current command line ended (DATA needs it to find `<CR><LF>.<CR><LF>`).
     pub(super) cmd_ending: Ending,
+    /// smtpd_client_restrictions refused the client at connect (smtpd_delay_reject = no):
+    /// every command but QUIT, RSET and NOOP is refused.
+    pub(super) access_denied: Option<Reply>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -133,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             last_code: 0,
             declared_size: None,
             cmd_ending: Ending::CrLf,
+            access_denied: None,
         }
     }
 
@@ -144,6 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn run_inner(mut self) {
+        self.lookup_client().await;
         let namaddr = self.info.namaddr();
         info!("connect from {namaddr}");
         if self.settings.tls_wrapper {
@@ -154,8 +175,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         }
-        let banner = self.settings.banner.clone();
-        self.push_reply(&Reply::new(220, banner));
+        match self.check_connect().await {
+            Some(refusal) => self.push_reply(&refusal),
+            None => {
+                let banner = self.settings.banner.clone();
+                self.push_reply(&Reply::new(220, banner));
+            }
+        }
         let res = self.command_loop().await;
         match res {
             Ok(()) => {}
@@ -296,15 +322,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.last_code = 0;
+        if let Some(r) = self.denied(counter) {
+            self.reply(r).await;
+            self.count(counter, false);
+            return Ok(Flow::Continue);
+        }
         let flow = match counter {
             "helo" => self.cmd_helo(args).await,
             "ehlo" => self.cmd_ehlo(args).await,
             "starttls" => self.cmd_starttls(args).await?,
-            "auth" => {
-                self.reply(Reply::new(503, "5.5.1 Error: authentication not enabled"))
-                    .await;
-                Flow::Continue
-            }
+            "auth" => self.cmd_auth(args).await?,
             "mail" => self.cmd_mail(line).await,
             "rcpt" => self.cmd_rcpt(line).await,
             "data" | "bdat" => {
@@ -371,9 +398,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Queues a reply: counts errors, slows down clients past the soft error limit.
-    pub(super) async fn reply(&mut self, r: Reply) {
+    pub(super) async fn reply(&mut self, mut r: Reply) {
         if r.is_error() {
             self.error_count += 1;
+            super::reply::add_footer(&mut r, self.settings.footer(&self.info));
         }
         if self.error_count >= self.settings.soft_error_limit
             && !self.settings.error_sleep_time.is_zero()
@@ -539,6 +567,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.state = State::Idle;
         }
         self.info.sender = None;
+        self.info.queue_id = None;
+        self.info.recipient_count = 0;
+        self.info.size = 0;
+        self.info.sasl_sender = None;
         self.declared_size = None;
     }
 
@@ -549,8 +581,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client_addr: self.info.client_addr.clone(),
             client_port: self.info.client_port,
             helo: self.info.helo.clone(),
-            protocol: self.info.protocol.clone(),
-            sasl_user: None,
+            // RFC 3848: ESMTPA / ESMTPSA once authenticated (ESMTP only, as Postfix).
+            protocol: match &self.info.sasl_user {
+                Some(_) if self.info.protocol.starts_with("ESMTP") => {
+                    format!("{}A", self.info.protocol)
+                }
+                _ => self.info.protocol.clone(),
+            },
+            sasl_user: self.info.sasl_user.clone(),
             uid: None,
             service: self.info.service.clone(),
             tls: self.tls.clone(),
@@ -630,6 +668,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reset_transaction();
         self.info.helo = None;
         self.info.protocol = "SMTP".into();
+        // RFC 3207: everything learnt before the handshake is forgotten, a login included.
+        self.info.sasl_method = None;
+        self.info.sasl_user = None;
         Ok(Flow::Continue)
     }
 }

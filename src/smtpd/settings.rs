@@ -52,7 +52,30 @@ pub struct Settings {
     pub tls_loglevel: i64,
     /// Client-certificate checks (relay_clientcerts, smtpd_tls_CAfile, req_ccert).
     pub tls_ccerts: std::sync::Arc<crate::tlsmgr::ccert::ClientCerts>,
+    /// smtpd_reject_footer with main.cf parameters expanded; the per-session macros
+    /// ($client_address, $client_name, $client_port, $localtime, $service…) are left for
+    /// [`Settings::footer`].
+    pub reject_footer: String,
+    /// The SASL server when smtpd_sasl_auth_enable = yes and its settings are usable.
+    pub sasl: Option<std::sync::Arc<crate::sasl::Authenticator>>,
+    /// smtpd_tls_auth_only (implied by smtpd_tls_security_level = encrypt).
+    pub tls_auth_only: bool,
+    /// broken_sasl_auth_clients: also advertise `AUTH=mechs`.
+    pub broken_sasl_auth_clients: bool,
+    /// smtpd_sasl_response_limit: longest AUTH response line.
+    pub sasl_response_limit: usize,
 }
+
+/// The macros smtpd_reject_footer may use that belong to the session, not to main.cf.
+const FOOTER_MACROS: &[&str] = &[
+    "client_address",
+    "client_name",
+    "client_port",
+    "localtime",
+    "service",
+    "reverse_client_name",
+    "helo_name",
+];
 
 impl Settings {
     pub fn from_config(cfg: &Config, service: &str) -> Settings {
@@ -99,12 +122,48 @@ impl Settings {
                 None
             }
         };
+        let sasl = if cfg.get_bool("smtpd_sasl_auth_enable") {
+            match crate::sasl::Authenticator::from_config(cfg) {
+                Ok((a, warnings)) => {
+                    for w in warnings {
+                        tracing::warn!("service {service}: {w}");
+                    }
+                    Some(std::sync::Arc::new(a))
+                }
+                Err(e) => {
+                    // Postfix's smtpd would not start; AUTH is simply not offered here, which
+                    // refuses nobody's mail that could otherwise come in.
+                    tracing::warn!("service {service}: SASL is not available: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let tls_level = crate::tlsmgr::Level::from_config(cfg);
         Settings {
+            sasl,
+            tls_auth_only: cfg.get_bool("smtpd_tls_auth_only")
+                || tls_level == crate::tlsmgr::Level::Encrypt,
+            broken_sasl_auth_clients: cfg.get_bool("broken_sasl_auth_clients"),
+            sasl_response_limit: cfg.get_size("smtpd_sasl_response_limit").clamp(64, 1 << 24)
+                as usize,
             tls,
-            tls_level: crate::tlsmgr::Level::from_config(cfg),
+            tls_level,
             tls_wrapper: cfg.get_bool("smtpd_tls_wrappermode"),
             tls_loglevel: cfg.get_int("smtpd_tls_loglevel"),
             tls_ccerts: crate::tlsmgr::client_certs(cfg),
+            reject_footer: {
+                let raw = cfg.raw("smtpd_reject_footer").unwrap_or_default();
+                crate::config::expand::expand(&raw, &|n| {
+                    if FOOTER_MACROS.contains(&n) {
+                        Some(format!("$${n}"))
+                    } else {
+                        cfg.raw(n)
+                    }
+                })
+                .unwrap_or(raw)
+            },
             limit_exceptions,
             myhostname: cfg.get("myhostname"),
             banner: cfg.get("smtpd_banner"),
@@ -216,5 +275,31 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(10));
         assert_eq!(s.tag, "postfix/submission/smtpd");
         assert_eq!(s.service, "submission");
+    }
+}
+
+impl Settings {
+    /// The reject footer for one session: `\n` starts a new reply line, a leading `\c`
+    /// continues the last one. Empty when none is configured.
+    pub fn footer(&self, info: &super::SessionInfo) -> Vec<String> {
+        if self.reject_footer.is_empty() {
+            return Vec::new();
+        }
+        let now = chrono::Local::now().format("%b %e %H:%M:%S").to_string();
+        let text = crate::config::expand::expand(&self.reject_footer, &|n| {
+            let v = match n {
+                "client_address" => info.client_addr.clone(),
+                "client_name" => info.client_name.clone(),
+                "client_port" => info.client_port.to_string(),
+                "localtime" => now.clone(),
+                "service" => info.service.clone(),
+                "reverse_client_name" => info.reverse_name.clone(),
+                "helo_name" => info.helo.clone().unwrap_or_default(),
+                _ => return None,
+            };
+            Some(v.replace('$', "$$"))
+        })
+        .unwrap_or_default();
+        text.split("\\n").map(str::to_string).collect()
     }
 }

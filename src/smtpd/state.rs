@@ -38,6 +38,8 @@ pub struct Chunked {
     pub too_big: bool,
     /// A CR ended the previous chunk; whether it is a bare CR depends on the next byte.
     pub pending_cr: bool,
+    /// smtpd_data_restrictions were evaluated (at the first chunk).
+    pub checked: bool,
 }
 
 impl State {

@@ -23,9 +23,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .and_then(|a| a.strip_suffix('>'))
             .unwrap_or(arg)
             .to_string();
-        let r = match self.backend.check_recipient(&self.info, &addr) {
-            Ok(()) => Reply::new(252, format!("2.0.0 {addr}")),
-            Err(r) => r,
+        // The recipient's verdict only: VRFY changes no transaction.
+        let r = match self.backend.check_recipient(&self.info, &addr).await.reject {
+            None => Reply::new(252, format!("2.0.0 {addr}")),
+            Some(r) => r,
         };
         self.reply(r).await;
         Flow::Continue

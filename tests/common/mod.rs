@@ -57,6 +57,7 @@ impl Instance {
             conf.join("virtual_mailbox"),
         )
         .unwrap();
+        std::fs::copy(root.join("conf/sasl_passwd"), conf.join("sasl_passwd")).unwrap();
         let (smtp_port, submission_port, smtps_port) = (free_port(), free_port(), free_port());
         let master = std::fs::read_to_string(root.join("conf/master.cf")).unwrap();
         let master = master
@@ -369,4 +370,184 @@ impl TestCa {
         std::fs::write(&cp, format!("{}{}", c.pem(), self.cert.pem())).unwrap();
         (kp, cp, c.der().to_vec())
     }
+}
+/// An authoritative DNS server (hickory-server) for one zone on 127.0.0.1, UDP and TCP, run
+/// on its own tokio runtime; stops when dropped.
+pub struct DnsZone {
+    pub port: u16,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl DnsZone {
+    pub fn start(origin: &str, zone: &str) -> DnsZone {
+        Self::start_zones(&[(origin, zone)])
+    }
+
+    /// Several zones (e.g. a domain and an in-addr.arpa zone) on one server.
+    pub fn start_zones(zones: &[(&str, &str)]) -> DnsZone {
+        use hickory_server::proto::rr::{LowerName, Name};
+        use hickory_server::proto::serialize::txt::Parser;
+        use hickory_server::store::in_memory::InMemoryZoneHandler;
+        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+        use hickory_server::Server;
+        use std::str::FromStr;
+        use std::sync::Arc;
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let parsed: Vec<_> = zones
+            .iter()
+            .map(|(origin, zone)| {
+                let origin = Name::from_str(origin).unwrap();
+                Parser::new(*zone, None, Some(origin)).parse().unwrap()
+            })
+            .collect();
+        let port =
+            rt.block_on(async move {
+                let mut catalog = Catalog::new();
+                for (origin, records) in parsed {
+                    let zone = InMemoryZoneHandler::<
+                        hickory_server::net::runtime::TokioRuntimeProvider,
+                    >::new(
+                        origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny
+                    )
+                    .unwrap();
+                    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+                }
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let port = udp.local_addr().unwrap().port();
+                let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let mut server = Server::new(catalog);
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 4096);
+                // The server runs on the runtime's tasks; keep it alive as long as the runtime.
+                std::mem::forget(server);
+                port
+            });
+        DnsZone { port, _rt: rt }
+    }
+}
+
+/// A Dovecot that only authenticates: its auth-client socket at `<dir>/auth` (and on
+/// 127.0.0.1:`inet_port`), users from a passwd-file of `user:{SCHEME}hash` lines. Stopped
+/// (SIGTERM, then reaped) when dropped.
+pub struct DovecotAuth {
+    child: std::process::Child,
+    pub dir: PathBuf,
+    pub inet_port: u16,
+}
+
+impl DovecotAuth {
+    pub const BIN: &'static str = "/usr/sbin/dovecot";
+
+    /// `users`: (name, `{SCHEME}hash`) pairs. Needs root (Dovecot's master starts as root).
+    pub fn start(dir: &Path, users: &[(&str, &str)]) -> DovecotAuth {
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let passwd: String = users.iter().map(|(u, h)| format!("{u}:{h}\n")).collect();
+        std::fs::write(dir.join("users"), passwd).unwrap();
+        let inet_port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "base_dir = {d}/run
+state_dir = {d}/state
+instance_name = relais-sasl-{pid}-{inet_port}
+log_path = {d}/dovecot.log
+protocols =
+ssl = no
+listen = 127.0.0.1
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_mechanisms = plain login
+disable_plaintext_auth = no
+auth_username_format = %Lu
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home=/nonexistent
+}}
+service auth {{
+  unix_listener {d}/auth {{
+    mode = 0666
+  }}
+  inet_listener {{
+    address = 127.0.0.1
+    port = {inet_port}
+  }}
+}}
+",
+            pid = std::process::id()
+        );
+        std::fs::write(dir.join("dovecot.conf"), conf).unwrap();
+        let child = Command::new(Self::BIN)
+            .arg("-F")
+            .arg("-c")
+            .arg(dir.join("dovecot.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dovecot runs (tools/install-test-deps installs dovecot-core)");
+        let mut d = DovecotAuth {
+            child,
+            dir: dir.to_path_buf(),
+            inet_port,
+        };
+        let sock = dir.join("auth");
+        let up = wait_until(Duration::from_secs(15), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                && TcpStream::connect(("127.0.0.1", inet_port)).is_ok()
+        });
+        if !up {
+            let log = d.log();
+            let _ = d.child.kill();
+            panic!("dovecot auth did not listen: {log}");
+        }
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("auth")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DovecotAuth {
+    fn drop(&mut self) {
+        // SIGTERM lets the dovecot master stop its children; then reap it (bounded).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `doveadm pw -s SCHEME -p PASSWORD`: the `{SCHEME}hash` line Dovecot's tool makes.
+pub fn doveadm_pw(scheme: &str, password: &str) -> String {
+    let out = run_bounded(
+        Command::new("doveadm").args(["pw", "-s", scheme, "-p", password]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "doveadm pw failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -1,6 +1,6 @@
 //! Helpers shared by the delivery end-to-end tests (tests/delivery_*.rs): a scriptable SMTP
 //! peer on loopback, queue listing through `postqueue -p`, Maildir reading, message
-//! submission over SMTP, and a hickory-server DNS zone.
+//! submission over SMTP (the DNS zone helper is in tests/common).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -375,54 +375,4 @@ pub fn delivery_status(text: &str) -> String {
 /// Counts `needle` in the log.
 pub fn log_count(inst: &Instance, needle: &str) -> usize {
     inst.log().matches(needle).count()
-}
-
-/// An authoritative DNS server (hickory-server) for one zone on 127.0.0.1, UDP and TCP, run
-/// on its own tokio runtime; stops when dropped.
-pub struct DnsZone {
-    pub port: u16,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl DnsZone {
-    pub fn start(origin: &str, zone: &str) -> DnsZone {
-        use hickory_server::proto::rr::{LowerName, Name};
-        use hickory_server::proto::serialize::txt::Parser;
-        use hickory_server::store::in_memory::InMemoryZoneHandler;
-        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-        use hickory_server::Server;
-        use std::str::FromStr;
-
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let origin = Name::from_str(origin).unwrap();
-        let (origin, records) = Parser::new(zone, None, Some(origin)).parse().unwrap();
-        let port = rt.block_on(async move {
-            let zone =
-                InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::new(
-                    origin.clone(),
-                    records,
-                    ZoneType::Primary,
-                    AxfrPolicy::Deny,
-                )
-                .unwrap();
-            let mut catalog = Catalog::new();
-            catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let port = udp.local_addr().unwrap().port();
-            let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            let mut server = Server::new(catalog);
-            server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 4096);
-            // The server runs on the runtime's tasks; keep it alive as long as the runtime.
-            std::mem::forget(server);
-            port
-        });
-        DnsZone { port, _rt: rt }
-    }
 }
