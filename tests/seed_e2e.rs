@@ -400,7 +400,6 @@ fn check_outbound(s: &Seed, subject: &str) {
 }
 
 #[test]
-#[ignore = "needs the SASL server (branch sasl) and client TLS (branch tlsclient)"]
 fn flow5_submission_auth_and_delivery_by_mx_over_tls() {
     let s = seed_or_skip!(true);
     let out = submit_authenticated(&s, s.relais.submission_port, false, "flow5");
@@ -409,7 +408,6 @@ fn flow5_submission_auth_and_delivery_by_mx_over_tls() {
 }
 
 #[test]
-#[ignore = "needs the SASL server (branch sasl) and client TLS (branch tlsclient)"]
 fn flow6_smtps_wrapper_mode_with_auth() {
     let s = seed_or_skip!(true);
     let out = submit_authenticated(&s, s.relais.smtps_port, true, "flow6");
@@ -588,7 +586,6 @@ fn flow7_queue_management_table_with_the_outside_mx_down() {
 }
 
 #[test]
-#[ignore = "needs client TLS (branch tlsclient): the seed sets smtp_tls_security_level = encrypt"]
 fn flow7_postqueue_f_delivers_once_the_outside_mx_is_back() {
     let mut s = seed_or_skip!(false);
     let ids = queue_three(&s);

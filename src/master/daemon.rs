@@ -64,6 +64,9 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
             env!("CARGO_PKG_VERSION"),
             cfg.dir.display()
         );
+        // The supervisor starts (and binds) the services in its started(); a message it has
+        // answered proves that ran, so `relais start` reports ready only with ports open.
+        let _ = sup.send(super::supervisor::Status).await;
         let _ = std::fs::write(ready_path(&queue), format!("{}\n", std::process::id()));
 
         let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -62,6 +62,7 @@ pub fn check(cfg: &Config) -> Vec<Problem> {
         cfg,
     ));
     out.extend(tls_problems(cfg));
+    out.extend(client_tls_problems(cfg));
     let q = queue_dir(cfg);
     if let Err(e) = std::fs::create_dir_all(&q) {
         out.push(Problem {
@@ -105,6 +106,48 @@ fn tls_problems(cfg: &Config) -> Vec<Problem> {
                     s.line,
                     s.id()
                 ),
+            });
+        }
+    }
+    out
+}
+
+/// What the smtp/lmtp client's TLS and SASL settings cannot do as written (protocols rustls
+/// does not speak, unreadable CA files or tables, DANE levels…), and client-certificate
+/// settings of smtpd.
+fn client_tls_problems(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let tls = crate::smtp::tls::ClientTls::new(cfg, false);
+    let ltls = crate::smtp::tls::ClientTls::new(cfg, true);
+    let sasl = crate::smtp::sasl::SaslClient::new(cfg);
+    let ccerts = crate::tlsmgr::client_certs(cfg);
+    let file = cfg.main.path.display().to_string();
+    let all = tls
+        .warnings
+        .iter()
+        .chain(&ltls.warnings)
+        .chain(&sasl.warnings)
+        .chain(&ccerts.warnings);
+    for (names, w) in all {
+        // Named at the main.cf line that set the parameter; a problem that comes from
+        // defaults alone has no line to name and is logged at start instead.
+        let Some((name, line)) = names
+            .split('|')
+            .find_map(|n| cfg.main.settings.get(n).map(|s| (n, s.line)))
+        else {
+            continue;
+        };
+        let text = format!("{file}, line {line}: {name}: {w}");
+        if !out.iter().any(|p: &Problem| p.text == text) {
+            out.push(Problem { fatal: false, text });
+        }
+    }
+    if let Some(s) = cfg.main.settings.get("smtpd_tls_protocols") {
+        let ((_, _), w) = crate::smtp::tls::protocol_versions(&cfg.get_list("smtpd_tls_protocols"));
+        for w in w {
+            out.push(Problem {
+                fatal: false,
+                text: format!("{file}, line {}: smtpd_tls_protocols: {w}", s.line),
             });
         }
     }

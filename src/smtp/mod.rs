@@ -32,13 +32,41 @@
 //!     One line per recipient, as Postfix writes it:
 //!     `ID: to=<rcpt>, [orig_to=<addr>, ]relay=host[addr]:port, delay=…, delays=a/b/c/d,
 //!     dsn=x.y.z, status=sent|deferred|bounced (text)`; `relay=none` when no session was
-//!     made. Failed connections are logged as `connect to host[addr]:port: reason`.
+//!     made. Failed connections are logged as `connect to host[addr]:port: reason`. With
+//!     smtp_tls_loglevel >= 1: `Untrusted|Trusted|Verified TLS connection established to
+//!     host[addr]:port: TLSv1.3 with cipher … (256/256 bits)`; with
+//!     smtp_tls_note_starttls_offer at level none: `Host offered STARTTLS: [host]`.
 //!
 //! SECURITY
-//!     No TLS yet: mail goes in plaintext. When smtp_tls_security_level asks for encryption
-//!     (encrypt, dane-only, fingerprint, verify, secure) mail is deferred instead of being sent
-//!     in the clear. Replies are read into a bounded buffer (64 KiB); every stage has a time
-//!     limit; nothing the peer sends can make the client panic.
+//!     STARTTLS with rustls per smtp_tls_security_level, or per destination from
+//!     smtp_tls_policy_maps (`[host]:port`, `[host]`, `domain`, then `.parent` keys; value
+//!     `level [match=a:b] [protocols=…] [servername=…]`); when the level is empty the legacy
+//!     smtp_use_tls / smtp_enforce_tls / smtp_enforce_peername decide. `may`: TLS when offered,
+//!     any certificate; a failed handshake is retried once in plaintext. `encrypt`: TLS or
+//!     nothing (`TLS is required, but was not offered by host …`). `verify`/`secure`: the
+//!     chain must end at a CA of smtp_tls_CAfile/smtp_tls_CApath (`Server certificate not
+//!     trusted`) and a name of smtp_tls_verify_cert_match (hostname) or
+//!     smtp_tls_secure_cert_match (nexthop, dot-nexthop) must be in it (`Server certificate
+//!     not verified`); both defer, and nothing of the mail is sent first. `dane` is treated as
+//!     `may`, `dane-only` and `fingerprint` as `secure` (warned). rustls speaks TLS 1.2 and 1.3
+//!     only: smtp_tls_protocols (may) and smtp_tls_mandatory_protocols (stronger levels) choose
+//!     among them. No SNI is sent unless smtp_tls_servername says so. TLS sessions are resumed
+//!     from rustls's in-memory cache (smtp_tls_session_cache_database is not used). Anything the
+//!     server sends between its 220 to STARTTLS and the handshake is discarded. Cached sessions
+//!     are keyed by destination, TLS level and SASL identity, so a plaintext session is never
+//!     reused where TLS is required. LMTP reads the lmtp_tls_* twins (unix sockets: no TLS).
+//!
+//!     SASL (smtp only): with smtp_sasl_auth_enable, credentials `user:password` are looked up
+//!     in smtp_sasl_password_maps by sender and `@domain` (smtp_sender_dependent_authentication),
+//!     then the next-hop as written, the server's host name and the destination domain. AUTH
+//!     PLAIN, else LOGIN, when the server offers them and smtp_sasl_security_options (under TLS
+//!     smtp_sasl_tls_security_options) allow: Postfix's default `noplaintext` forbids both. A
+//!     refused login defers with the server's reply (`SASL authentication failed; server …
+//!     said: …`); credentials never appear in logs or reasons. A server that offers no AUTH
+//!     gets the mail without it.
+//!
+//!     Replies are read into a bounded buffer (64 KiB); every stage has a time limit; nothing
+//!     the peer sends can make the client panic.
 //!
 //! CONFIGURATION PARAMETERS
 //!     relayhost (empty)
@@ -57,13 +85,26 @@
 //!     smtp_mx_session_limit (2)
 //!     smtp_connection_cache_time_limit (2s)
 //!     smtp_connection_reuse_count_limit (100)
-//!     smtp_tls_security_level (empty): smtp only; LMTP deliveries do not read it (Postfix's
-//!         lmtp reads lmtp_tls_security_level)
+//!     smtp_tls_security_level (empty), smtp_use_tls (no), smtp_enforce_tls (no),
+//!     smtp_enforce_peername (yes), smtp_tls_policy_maps (empty), smtp_tls_CAfile (empty),
+//!     smtp_tls_CApath (empty), smtp_tls_verify_cert_match (hostname),
+//!     smtp_tls_secure_cert_match (nexthop, dot-nexthop), smtp_tls_servername (empty),
+//!     smtp_tls_protocols (!SSLv2, !SSLv3), smtp_tls_mandatory_protocols (!SSLv2, !SSLv3,
+//!     !TLSv1, !TLSv1.1), smtp_tls_cert_file (empty), smtp_tls_key_file ($smtp_tls_cert_file),
+//!     smtp_tls_loglevel (0), smtp_tls_note_starttls_offer (no),
+//!     smtp_tls_session_cache_timeout (3600s); lmtp_tls_* and lmtp_use_tls,
+//!     lmtp_enforce_tls, lmtp_enforce_peername likewise for LMTP
+//!     smtp_sasl_auth_enable (no), smtp_sasl_password_maps (empty),
+//!     smtp_sasl_security_options (noplaintext, noanonymous),
+//!     smtp_sasl_tls_security_options ($smtp_sasl_security_options),
+//!     smtp_sasl_mechanism_filter (empty), smtp_sender_dependent_authentication (no)
 //!     queue_directory (/var/spool/postfix)
 //!     inet_protocols (all), relais_dns_servers (empty): see [`crate::dns`]
 
 pub mod nexthop;
+pub mod sasl;
 pub mod session;
+pub mod tls;
 
 pub use nexthop::{Nexthop, NexthopError};
 pub use session::{Caps, Failure, Reply, Session, Stream, Tx, TxRcpt};
@@ -157,6 +198,20 @@ enum Addr {
 struct Target {
     host: String,
     addr: Addr,
+    /// The destination this target serves (for TLS name checks and SASL lookups): the
+    /// next-hop as written and its domain or host.
+    dest_text: String,
+    dest: String,
+    policy: Arc<tls::Policy>,
+}
+
+/// Why a session could not be set up on one target.
+enum SetupErr {
+    /// No TCP connection (does not count against smtp_mx_session_limit).
+    Connect(String),
+    Failed(Done),
+    /// A TLS handshake failed at level may: try the same server again without TLS.
+    RetryPlain,
 }
 
 impl Target {
@@ -190,7 +245,6 @@ struct Settings {
     reuse_limit: u32,
     queue_dir: PathBuf,
     syslog_name: String,
-    tls_required: bool,
 }
 
 struct Cached {
@@ -235,6 +289,10 @@ pub struct Client {
     dns: Arc<Dns>,
     cache: Arc<Cache>,
     tag: Option<String>,
+    tls: Arc<tls::ClientTls>,
+    /// lmtp_tls_* settings, for LMTP jobs.
+    ltls: Arc<tls::ClientTls>,
+    sasl: Arc<sasl::SaslClient>,
 }
 
 /// Postfix's delay format: two significant digits, at most two decimals (`0.02`, `1.2`, `44`).
@@ -272,7 +330,6 @@ struct Done {
 
 impl Client {
     pub fn new(cfg: &Config, dns: Arc<Dns>) -> Client {
-        let tls = cfg.get("smtp_tls_security_level").to_ascii_lowercase();
         let settings = Settings {
             timeouts: Timeouts::from_config(cfg),
             helo_name: cfg.get("smtp_helo_name"),
@@ -285,16 +342,21 @@ impl Client {
             reuse_limit: cfg.get_int("smtp_connection_reuse_count_limit").max(0) as u32,
             queue_dir: PathBuf::from(cfg.get("queue_directory")),
             syslog_name: cfg.get("syslog_name"),
-            tls_required: matches!(
-                tls.as_str(),
-                "encrypt" | "dane-only" | "fingerprint" | "verify" | "secure"
-            ),
         };
+        let tls = tls::ClientTls::new(cfg, false);
+        let ltls = tls::ClientTls::new(cfg, true);
+        let sasl = sasl::SaslClient::new(cfg);
+        for (name, w) in tls.warnings.iter().chain(&sasl.warnings) {
+            tracing::warn!("smtp: {name}: {w}");
+        }
         Client {
             settings: Arc::new(settings),
             dns,
             cache: Arc::new(Cache::default()),
             tag: None,
+            tls: Arc::new(tls),
+            ltls: Arc::new(ltls),
+            sasl: Arc::new(sasl),
         }
     }
 
@@ -333,30 +395,8 @@ impl Client {
         let mut setup = Duration::ZERO;
         let mut xfer = Duration::ZERO;
 
-        let finish_all = |done: &mut Vec<Option<Done>>, o: Outcome| {
-            for d in done.iter_mut().filter(|d| d.is_none()) {
-                *d = Some(Done {
-                    outcome: o.clone(),
-                    relay: None,
-                });
-            }
-        };
-
-        // smtp_tls_security_level is the smtp client's: Postfix's lmtp(8) reads
-        // lmtp_tls_security_level instead (default empty), so LMTP to Dovecot on a unix socket
-        // is not held back by a site that requires TLS for outbound SMTP.
-        if self.settings.tls_required && !job.lmtp {
-            finish_all(
-                &mut done,
-                Outcome::deferred(
-                    "4.7.4",
-                    "TLS is required, but relais's smtp client has no TLS support yet",
-                ),
-            );
-        } else {
-            self.run(&job, &mut done, &mut setup, &mut xfer, start)
-                .await;
-        }
+        self.run(&job, &mut done, &mut setup, &mut xfer, start)
+            .await;
 
         // Log and return, in the job's order.
         let arrival = job.active_since.unwrap_or(start_wall);
@@ -420,6 +460,14 @@ impl Client {
             Nexthop::Unix { path } => Ok(vec![Target {
                 host: self.settings.myhostname.clone(),
                 addr: Addr::Unix(path.clone()),
+                dest_text: String::new(),
+                dest: String::new(),
+                policy: Arc::new(tls::Policy {
+                    level: tls::Level::None,
+                    matches: Vec::new(),
+                    protocols: None,
+                    servername: String::new(),
+                }),
             }]),
             Nexthop::Inet { host, port, mx } => {
                 let limit = match self.settings.mx_address_limit {
@@ -458,6 +506,14 @@ impl Client {
                                 out.push(Target {
                                     host: h.clone(),
                                     addr: Addr::Tcp(SocketAddr::new(ip, *port)),
+                                    dest_text: String::new(),
+                                    dest: host.clone(),
+                                    policy: Arc::new(tls::Policy {
+                                        level: tls::Level::None,
+                                        matches: Vec::new(),
+                                        protocols: None,
+                                        servername: String::new(),
+                                    }),
                                 });
                             }
                         }
@@ -520,7 +576,41 @@ impl Client {
                 return;
             }
         };
-        let key = format!("{}:{text}", if job.lmtp { "lmtp" } else { "smtp" });
+        let policy = match self.policy_for(&text, &nh, job.lmtp) {
+            Ok(p) => p,
+            Err(o) => {
+                fill(done, o, None);
+                return;
+            }
+        };
+        // Sessions are cached per TLS level and SASL identity, so a plaintext session is
+        // never reused where TLS is required, nor one login for another sender's mail.
+        let dest_host = match &nh {
+            Nexthop::Inet { host, .. } => host.clone(),
+            Nexthop::Unix { .. } => String::new(),
+        };
+        let sasl_user = if job.lmtp {
+            String::new()
+        } else {
+            self.sasl
+                .credentials(&job.sender, &text, &dest_host, &dest_host)
+                .ok()
+                .flatten()
+                .map(|c| {
+                    // Two senders may share a login name with different passwords: key on
+                    // both (hashed; the password itself is kept out of the key).
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    c.pass.hash(&mut h);
+                    format!("{}#{:x}", c.user, h.finish())
+                })
+                .unwrap_or_default()
+        };
+        let key = format!(
+            "{}:{}:{sasl_user}:{text}",
+            if job.lmtp { "lmtp" } else { "smtp" },
+            policy.level.name()
+        );
         let mut last: Option<Done> = None;
 
         // A cached session skips DNS, connect and handshake.
@@ -540,7 +630,13 @@ impl Client {
         }
 
         let mut targets = match self.targets(&nh).await {
-            Ok(t) => t,
+            Ok(mut t) => {
+                for x in &mut t {
+                    x.dest_text = text.clone();
+                    x.policy = policy.clone();
+                }
+                t
+            }
             Err(o) => {
                 if matches!(o, Outcome::Bounced { .. }) || self.settings.fallback.is_empty() {
                     fill(done, o, None);
@@ -556,7 +652,14 @@ impl Client {
         if !job.lmtp {
             for f in &self.settings.fallback {
                 if let Ok(fnh) = Nexthop::parse(f, false, 25, &self.settings.queue_dir) {
-                    if let Ok(t) = self.targets(&fnh).await {
+                    let Ok(fp) = self.policy_for(f, &fnh, false) else {
+                        continue;
+                    };
+                    if let Ok(mut t) = self.targets(&fnh).await {
+                        for x in &mut t {
+                            x.dest_text = f.clone();
+                            x.policy = fp.clone();
+                        }
                         targets.extend(t);
                     }
                 }
@@ -571,9 +674,9 @@ impl Client {
             if done.iter().all(Option::is_some) || sessions >= session_limit {
                 break;
             }
-            let io = match self.connect(t).await {
-                Ok(io) => io,
-                Err(reason) => {
+            let s = match self.establish(job, t, false).await {
+                Ok(s) => s,
+                Err(SetupErr::Connect(reason)) => {
                     tracing::info!("{reason}");
                     last = Some(Done {
                         outcome: Outcome::deferred("4.4.1", reason),
@@ -581,27 +684,30 @@ impl Client {
                     });
                     continue;
                 }
+                Err(SetupErr::Failed(d)) => {
+                    sessions += 1;
+                    last = Some(d);
+                    continue;
+                }
+                Err(SetupErr::RetryPlain) => match self.establish(job, t, true).await {
+                    Ok(s) => s,
+                    Err(SetupErr::Connect(reason)) => {
+                        tracing::info!("{reason}");
+                        last = Some(Done {
+                            outcome: Outcome::deferred("4.4.1", reason),
+                            relay: None,
+                        });
+                        continue;
+                    }
+                    Err(SetupErr::Failed(d)) => {
+                        sessions += 1;
+                        last = Some(d);
+                        continue;
+                    }
+                    Err(SetupErr::RetryPlain) => continue,
+                },
             };
             sessions += 1;
-            let mut s = Session::new(io, t.peer(), job.lmtp, self.settings.timeouts);
-            match s.handshake(&self.settings.helo_name).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => {
-                    last = Some(Done {
-                        outcome: Outcome::deferred("4.3.0", reason),
-                        relay: Some(t.relay()),
-                    });
-                    s.quit().await;
-                    continue;
-                }
-                Err(f) => {
-                    last = Some(Done {
-                        outcome: Outcome::deferred("4.4.2", f.reason(&t.peer())),
-                        relay: Some(t.relay()),
-                    });
-                    continue;
-                }
-            }
             *setup = start.elapsed();
             let t0 = Instant::now();
             self.attempt(job, done, s, t, &key, &mut last).await;
@@ -612,6 +718,221 @@ impl Client {
             relay: None,
         });
         fill(done, d.outcome, d.relay);
+    }
+
+    /// The TLS policy for a next-hop, or the outcome when it cannot be had (the mail waits).
+    fn policy_for(
+        &self,
+        text: &str,
+        nh: &Nexthop,
+        lmtp: bool,
+    ) -> Result<Arc<tls::Policy>, Outcome> {
+        let (host, port, bracketed) = match nh {
+            Nexthop::Inet { host, port, mx } => (host.as_str(), *port, !*mx),
+            Nexthop::Unix { .. } => {
+                return Ok(Arc::new(tls::Policy {
+                    level: tls::Level::None,
+                    matches: Vec::new(),
+                    protocols: None,
+                    servername: String::new(),
+                }))
+            }
+        };
+        let tlsc = if lmtp { &self.ltls } else { &self.tls };
+        tlsc.policy(text, host, port, bracketed, if lmtp { 24 } else { 25 })
+            .map(Arc::new)
+            .map_err(|e| Outcome::deferred("4.7.5", e.to_string()))
+    }
+
+    /// Connect, greeting and EHLO, STARTTLS as the target's policy asks (`plain` after a failed
+    /// handshake at level may), and SASL authentication when credentials exist.
+    async fn establish(
+        &self,
+        job: &Job,
+        t: &Target,
+        plain: bool,
+    ) -> Result<Session<Box<dyn Stream>>, SetupErr> {
+        let io = self.connect(t).await.map_err(SetupErr::Connect)?;
+        let timeouts = self.settings.timeouts;
+        let helo = &self.settings.helo_name;
+        let fail = |o: Outcome| {
+            SetupErr::Failed(Done {
+                outcome: o,
+                relay: Some(t.relay()),
+            })
+        };
+        let mut s = Session::new(io, t.peer(), job.lmtp, timeouts);
+        match s.handshake(helo).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                s.quit().await;
+                return Err(fail(Outcome::deferred("4.3.0", reason)));
+            }
+            Err(f) => return Err(fail(Outcome::deferred("4.4.2", f.reason(&t.peer())))),
+        }
+        let tlsc = if job.lmtp { &self.ltls } else { &self.tls };
+        let p = &t.policy;
+        let level = if plain { tls::Level::None } else { p.level };
+        let mut tls_active = false;
+        if level == tls::Level::None {
+            if s.caps.starttls && tlsc.note_starttls_offer {
+                tracing::info!("Host offered STARTTLS: [{}]", t.host);
+            }
+        } else if !s.caps.starttls {
+            if level.required() {
+                s.quit().await;
+                return Err(fail(Outcome::deferred(
+                    "4.7.4",
+                    format!("TLS is required, but was not offered by host {}", t.peer()),
+                )));
+            }
+        } else {
+            match s.starttls().await {
+                Err(f) => return Err(fail(Outcome::deferred("4.4.2", f.reason(&t.peer())))),
+                Ok(Err(r)) => {
+                    if level.required() {
+                        s.quit().await;
+                        return Err(fail(Outcome::deferred(
+                            "4.7.4",
+                            format!(
+                                "TLS is required, but host {} refused to start TLS: {}",
+                                t.peer(),
+                                r.text
+                            ),
+                        )));
+                    }
+                }
+                Ok(Ok(())) => {
+                    let sni = tlsc.sni(p, &t.host, &t.dest);
+                    let cfg = match tlsc.config(p, sni.is_some()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            return Err(fail(Outcome::deferred(
+                                "4.7.5",
+                                format!("Cannot start TLS: {e}"),
+                            )))
+                        }
+                    };
+                    // The name also keys rustls's session resumption cache.
+                    let name = sni.clone().unwrap_or_else(|| t.host.clone());
+                    let name = rustls::pki_types::ServerName::try_from(name)
+                        .or_else(|_| {
+                            rustls::pki_types::ServerName::try_from("invalid.invalid".to_string())
+                        })
+                        .map_err(|e| {
+                            fail(Outcome::deferred("4.7.5", format!("Cannot start TLS: {e}")))
+                        })?;
+                    let connector = tokio_rustls::TlsConnector::from(cfg);
+                    let io = s.into_io();
+                    let stream = match tokio::time::timeout(
+                        timeouts.helo,
+                        connector.connect(name, io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(st)) => st,
+                        res => {
+                            let why = match res {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timeout".to_string(),
+                            };
+                            if level.required() {
+                                tracing::info!("TLS handshake with {} failed: {why}", t.relay());
+                                return Err(fail(Outcome::deferred(
+                                    "4.7.5",
+                                    "Cannot start TLS: handshake failure",
+                                )));
+                            }
+                            tracing::info!(
+                                "TLS handshake with {} failed: {why}; TLS is not required, retrying without TLS",
+                                t.relay()
+                            );
+                            return Err(SetupErr::RetryPlain);
+                        }
+                    };
+                    let (_, conn) = stream.get_ref();
+                    let certs = conn.peer_certificates().unwrap_or(&[]);
+                    let chk = tlsc.check(certs, p, &t.host, &t.dest);
+                    let desc = crate::tlsmgr::describe(conn);
+                    if tlsc.loglevel >= 1 {
+                        tracing::info!(
+                            "{} TLS connection established to {}: {desc}",
+                            chk.word(level),
+                            t.relay()
+                        );
+                    }
+                    s = Session::new(
+                        Box::new(stream) as Box<dyn Stream>,
+                        t.peer(),
+                        job.lmtp,
+                        timeouts,
+                    );
+                    if level >= tls::Level::Verify && (!chk.trusted || !chk.matched) {
+                        let why = if chk.trusted {
+                            "Server certificate not verified"
+                        } else {
+                            "Server certificate not trusted"
+                        };
+                        s.quit().await;
+                        return Err(fail(Outcome::deferred("4.7.5", why)));
+                    }
+                    match s.ehlo(helo).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(reason)) => {
+                            s.quit().await;
+                            return Err(fail(Outcome::deferred("4.3.0", reason)));
+                        }
+                        Err(f) => {
+                            return Err(fail(Outcome::deferred("4.4.2", f.reason(&t.peer()))))
+                        }
+                    }
+                    tls_active = true;
+                }
+            }
+        }
+        if !job.lmtp && self.sasl.enabled {
+            let creds = match self
+                .sasl
+                .credentials(&job.sender, &t.dest_text, &t.host, &t.dest)
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    s.quit().await;
+                    return Err(fail(Outcome::deferred("4.3.0", e)));
+                }
+            };
+            // A server that offers no AUTH gets the mail without it, as in Postfix.
+            if let Some(c) = creds.filter(|_| !s.caps.auth.is_empty()) {
+                let Some(mech) = self.sasl.mechanism(&s.caps.auth, tls_active) else {
+                    s.quit().await;
+                    return Err(fail(Outcome::deferred(
+                        "4.7.0",
+                        format!(
+                            "SASL authentication failed; cannot authenticate to server {}: no mechanism available",
+                            t.peer()
+                        ),
+                    )));
+                };
+                match s.auth(mech, &c.user, &c.pass).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(r)) => {
+                        s.quit().await;
+                        // smtp_sasl_auth_soft_bounce: a refused login waits for a fix.
+                        let dsn = format!("4{}", r.dsn().get(1..).unwrap_or(".7.0"));
+                        return Err(fail(Outcome::deferred(
+                            &dsn,
+                            format!(
+                                "SASL authentication failed; server {} said: {}",
+                                t.peer(),
+                                r.text
+                            ),
+                        )));
+                    }
+                    Err(f) => return Err(fail(Outcome::deferred("4.4.2", f.reason(&t.peer())))),
+                }
+            }
+        }
+        Ok(s)
     }
 
     /// A usable cached session for `key`, after RSET if its last transaction was left open.

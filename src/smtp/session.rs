@@ -10,6 +10,7 @@ use crate::envelope::{BodyType, Ret};
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{
     EhloResponse, EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8,
+    EXT_START_TLS,
 };
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,9 +81,11 @@ pub const SEND_BODY: &str = "sending message body";
 pub const SEND_END: &str = "sending end of data -- message may be sent more than once";
 pub const SEND_RSET: &str = "sending RSET";
 pub const SEND_QUIT: &str = "sending QUIT";
+pub const SEND_STARTTLS: &str = "sending STARTTLS";
+pub const SEND_AUTH: &str = "performing the SASL authentication";
 
 /// What the peer offered in its EHLO reply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caps {
     pub pipelining: bool,
     /// SIZE offered (with or without a limit).
@@ -93,6 +96,9 @@ pub struct Caps {
     pub smtputf8: bool,
     pub dsn: bool,
     pub chunking: bool,
+    pub starttls: bool,
+    /// AUTH mechanisms offered (upper case), empty when AUTH is not offered.
+    pub auth: Vec<String>,
 }
 
 /// Capabilities from EHLO reply lines, one keyword per line after the first.
@@ -105,9 +111,18 @@ fn caps_by_keyword(raw: &[u8]) -> Caps {
         match kw.as_str() {
             "PIPELINING" => caps.pipelining = true,
             "8BITMIME" => caps.eight_bit = true,
+            // Old servers announce `AUTH=LOGIN PLAIN`.
+            k if k.starts_with("AUTH=") && caps.auth.is_empty() => {
+                caps.auth = std::iter::once(&k[5..])
+                    .chain(words.by_ref())
+                    .map(|w| w.to_ascii_uppercase())
+                    .collect()
+            }
             "SMTPUTF8" => caps.smtputf8 = true,
             "DSN" => caps.dsn = true,
             "CHUNKING" => caps.chunking = true,
+            "STARTTLS" => caps.starttls = true,
+            "AUTH" => caps.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
             "SIZE" => {
                 caps.size_ext = true;
                 caps.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
@@ -338,6 +353,12 @@ impl<S: Stream> Session<S> {
                 self.peer, greet.text
             )));
         }
+        self.ehlo(helo_name).await
+    }
+
+    /// EHLO/LHLO (HELO fallback) without a greeting: after STARTTLS.
+    pub async fn ehlo(&mut self, helo_name: &str) -> Result<Result<(), String>, Failure> {
+        let t = self.timeouts.helo;
         let (verb, stage) = if self.lmtp {
             ("LHLO", HANDSHAKE_LHLO)
         } else {
@@ -358,12 +379,16 @@ impl<S: Stream> Session<S> {
                         smtputf8: has(EXT_SMTP_UTF8),
                         dsn: has(EXT_DSN),
                         chunking: has(EXT_CHUNKING),
+                        starttls: has(EXT_START_TLS),
+                        auth: Vec::new(),
                     }
                 }
                 // smtp-proto refuses some real-world replies (smtp-sink ends with a bare
                 // `250 `); read the keywords line by line then.
                 Err(_) => caps_by_keyword(&raw),
             };
+            // AUTH mechanisms by keyword: smtp-proto keeps only the ones it knows as bits.
+            self.caps.auth = caps_by_keyword(&raw).auth;
             return Ok(Ok(()));
         }
         if self.lmtp {
@@ -388,6 +413,82 @@ impl<S: Stream> Session<S> {
                 "host {} refused to talk to me: {} (in reply to HELO command)",
                 self.peer, r.text
             )))
+        }
+    }
+
+    /// STARTTLS: `Ok(Ok(()))` when the server said 220 and the handshake may start.
+    pub async fn starttls(&mut self) -> Result<Result<(), Reply>, Failure> {
+        let t = self.timeouts.helo;
+        self.write(b"STARTTLS\r\n", t, SEND_STARTTLS).await?;
+        let (r, _) = self.read_reply(t, SEND_STARTTLS).await?;
+        if r.code != 220 {
+            return Ok(Err(r));
+        }
+        // Anything the server sent after its 220 arrived in plaintext, before the handshake:
+        // it must not be taken as part of the TLS session (the STARTTLS injection class).
+        self.rbuf.clear();
+        Ok(Ok(()))
+    }
+
+    /// The stream, for the TLS handshake after STARTTLS.
+    pub fn into_io(self) -> S {
+        self.io
+    }
+
+    /// SMTP AUTH (RFC 4954) with PLAIN or LOGIN. `Ok(Err(reply))` is the server's refusal.
+    /// The credentials go to the peer only; no reason or log line carries them.
+    pub async fn auth(
+        &mut self,
+        mech: &str,
+        user: &str,
+        pass: &str,
+    ) -> Result<Result<(), Reply>, Failure> {
+        use base64::Engine;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let t = self.timeouts.helo;
+        let r = match mech {
+            "PLAIN" => {
+                let mut blob = vec![0u8];
+                blob.extend_from_slice(user.as_bytes());
+                blob.push(0);
+                blob.extend_from_slice(pass.as_bytes());
+                self.write(
+                    format!("AUTH PLAIN {}\r\n", b64(&blob)).as_bytes(),
+                    t,
+                    SEND_AUTH,
+                )
+                .await?;
+                self.read_reply(t, SEND_AUTH).await?.0
+            }
+            _ => {
+                self.write(b"AUTH LOGIN\r\n", t, SEND_AUTH).await?;
+                let (r, _) = self.read_reply(t, SEND_AUTH).await?;
+                if r.code != 334 {
+                    return Ok(Err(r));
+                }
+                self.write(
+                    format!("{}\r\n", b64(user.as_bytes())).as_bytes(),
+                    t,
+                    SEND_AUTH,
+                )
+                .await?;
+                let (r, _) = self.read_reply(t, SEND_AUTH).await?;
+                if r.code != 334 {
+                    return Ok(Err(r));
+                }
+                self.write(
+                    format!("{}\r\n", b64(pass.as_bytes())).as_bytes(),
+                    t,
+                    SEND_AUTH,
+                )
+                .await?;
+                self.read_reply(t, SEND_AUTH).await?.0
+            }
+        };
+        if r.code == 235 {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(r))
         }
     }
 
@@ -659,5 +760,93 @@ mod tests {
     fn xtext_encoding() {
         assert_eq!(xtext("rfc822;a+b=c@d"), "rfc822;a+2Bb+3Dc@d");
         assert_eq!(xtext("x y"), "x+20y");
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    fn timeouts() -> Timeouts {
+        let d = Duration::from_secs(5);
+        Timeouts {
+            connect: d,
+            helo: d,
+            mail: d,
+            rcpt: d,
+            data_init: d,
+            data_xfer: d,
+            data_done: d,
+            rset: d,
+            quit: d,
+        }
+    }
+
+    /// A scripted server: for each expected client line, the reply to send.
+    async fn server(
+        io: tokio::io::DuplexStream,
+        script: Vec<(&'static str, &'static str)>,
+    ) -> Vec<String> {
+        let (r, mut w) = tokio::io::split(io);
+        let mut r = BufReader::new(r);
+        let mut seen = Vec::new();
+        w.write_all(b"220 peer ESMTP\r\n250-peer\r\n250-AUTH LOGIN PLAIN\r\n250 STARTTLS\r\n")
+            .await
+            .unwrap();
+        for (_, reply) in script {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            seen.push(line.trim_end().to_string());
+            w.write_all(reply.as_bytes()).await.unwrap();
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn auth_plain_and_login_dialogues() {
+        // PLAIN: one command with the base64 of \0user\0pass.
+        let (a, b) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(server(
+            b,
+            vec![
+                ("EHLO", ""),
+                ("AUTH", "235 2.7.0 Authentication successful\r\n"),
+            ],
+        ));
+        let mut s = Session::new(a, "peer[127.0.0.1]".into(), false, timeouts());
+        assert_eq!(s.handshake("me.example").await.unwrap(), Ok(()));
+        assert_eq!(s.caps.auth, vec!["LOGIN", "PLAIN"]);
+        assert!(s.caps.starttls);
+        assert_eq!(s.auth("PLAIN", "user", "pa:ss").await.unwrap(), Ok(()));
+        drop(s);
+        let seen = srv.await.unwrap();
+        assert_eq!(seen[1], "AUTH PLAIN AHVzZXIAcGE6c3M=");
+
+        // LOGIN: two 334 challenges; a refusal comes back as the server's reply.
+        let (a, b) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(server(
+            b,
+            vec![
+                ("EHLO", ""),
+                ("AUTH LOGIN", "334 VXNlcm5hbWU6\r\n"),
+                ("user", "334 UGFzc3dvcmQ6\r\n"),
+                ("pass", "535 5.7.8 Error: authentication failed\r\n"),
+            ],
+        ));
+        let mut s = Session::new(a, "peer[127.0.0.1]".into(), false, timeouts());
+        assert_eq!(s.handshake("me.example").await.unwrap(), Ok(()));
+        let r = s
+            .auth("LOGIN", "user", "secret")
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(r.text, "535 5.7.8 Error: authentication failed");
+        assert!(!r.text.contains("secret"));
+        drop(s);
+        let seen = srv.await.unwrap();
+        assert_eq!(&seen[1..], &["AUTH LOGIN", "dXNlcg==", "c2VjcmV0"]);
     }
 }

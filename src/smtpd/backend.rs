@@ -54,6 +54,7 @@ pub fn ctx<'a>(s: &'a SessionInfo, rcpt: &'a str, etrn: &'a str) -> Ctx<'a> {
                 .is_some_and(|m| m.eq_ignore_ascii_case("ANONYMOUS")),
         sasl_user: s.sasl_user.as_deref(),
         ill_pipelining: s.ill_pipelining,
+        ccert: s.ccert.as_ref(),
         protocol: &s.protocol,
         queue_id: s.queue_id.as_deref().unwrap_or(""),
         recipient_count: s.recipient_count,

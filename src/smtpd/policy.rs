@@ -76,6 +76,8 @@ pub struct Ctx<'a> {
     pub sasl_user: Option<&'a str>,
     /// The client pipelined improperly earlier in the session (reject_unauth_pipelining).
     pub ill_pipelining: bool,
+    /// The client's TLS certificate (permit_tls_clientcerts, permit_tls_all_clientcerts).
+    pub ccert: Option<&'a crate::tlsmgr::ccert::PeerCert>,
 }
 
 /// mynetworks as a list of networks (CIDR, bare addresses, `[v6]/n`).
@@ -153,6 +155,8 @@ const BUILTIN: &[&str] = &[
     "permit_mynetworks",
     "permit_inet_interfaces",
     "permit_sasl_authenticated",
+    "permit_tls_clientcerts",
+    "permit_tls_all_clientcerts",
     "reject_unauth_destination",
     "defer_unauth_destination",
     "reject_unauth_pipelining",
@@ -830,6 +834,10 @@ impl Policy {
                     class,
                     "Improper use of SMTP command pipelining",
                 )),
+                "permit_tls_clientcerts" if ctx.ccert.is_some_and(|c| c.listed) => Decision::Permit,
+                "permit_tls_all_clientcerts" if ctx.ccert.is_some_and(|c| c.trusted) => {
+                    Decision::Permit
+                }
                 r if super::login::RESTRICTIONS.contains(&r) => {
                     match self.login.check(r, ctx.sender, ctx.sasl_user) {
                         Some(t) => Decision::Reject(t),

@@ -26,6 +26,8 @@ pub struct SessionInfo {
     /// The client sent commands ahead of time where that is not allowed (Postfix's
     /// SMTPD_FLAG_ILL_PIPELINING, what reject_unauth_pipelining tests).
     pub ill_pipelining: bool,
+    /// The client's TLS certificate, once a handshake with one is done.
+    pub ccert: Option<crate::tlsmgr::ccert::PeerCert>,
     /// The PTR name (not forward-confirmed), or `unknown`.
     pub reverse_name: String,
     pub name_status: super::NameStatus,
@@ -688,15 +690,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         match tokio::time::timeout(self.settings.timeout, acceptor.accept(plain)).await {
             Ok(Ok(stream)) => {
-                let desc = crate::tlsmgr::describe(stream.get_ref().1);
-                let resumed =
-                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                let conn = stream.get_ref().1;
+                let desc = crate::tlsmgr::describe(conn);
+                let ccert = self.settings.tls_ccerts.peer(conn.peer_certificates());
+                let word = match &ccert {
+                    None => "Anonymous",
+                    Some(c) if c.trusted => "Trusted",
+                    Some(_) => "Untrusted",
+                };
+                let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 if self.settings.tls_loglevel > 0 {
                     info!(
-                        "Anonymous TLS connection established from {}: {desc}",
+                        "{word} TLS connection established from {}: {desc}",
                         self.info.namaddr()
                     );
                 }
+                if self.settings.tls_ccerts.require && !ccert.as_ref().is_some_and(|c| c.trusted) {
+                    return Err("client certificate not trusted (smtpd_tls_req_ccert)".into());
+                }
+                self.info.ccert = ccert;
                 self.tls = Some(desc);
                 self.io = super::conn::Conn::Tls(Box::new(stream));
                 Ok(resumed)

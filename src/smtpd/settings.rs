@@ -61,6 +61,8 @@ pub struct Settings {
     /// smtps: TLS from the first byte.
     pub tls_wrapper: bool,
     pub tls_loglevel: i64,
+    /// Client-certificate checks (relay_clientcerts, smtpd_tls_CAfile, req_ccert).
+    pub tls_ccerts: std::sync::Arc<crate::tlsmgr::ccert::ClientCerts>,
     /// smtpd_reject_footer with main.cf parameters expanded; the per-session macros
     /// ($client_address, $client_name, $client_port, $localtime, $service…) are left for
     /// [`Settings::footer`].
@@ -161,6 +163,7 @@ impl Settings {
             tls_level,
             tls_wrapper: cfg.get_bool("smtpd_tls_wrappermode"),
             tls_loglevel: cfg.get_int("smtpd_tls_loglevel"),
+            tls_ccerts: crate::tlsmgr::client_certs(cfg),
             reject_footer: {
                 let raw = cfg.raw("smtpd_reject_footer").unwrap_or_default();
                 crate::config::expand::expand(&raw, &|n| {

@@ -183,9 +183,12 @@ fn compile(engine: Engine, pat: &Pat<'_>) -> Result<Re, String> {
         }
     }
     match engine {
+        // POSIX regcomp without REG_NEWLINE (Postfix's default; `m` sets it) lets `.` match a
+        // newline, so `/^Received:.*with ESMTPSA/` matches a folded multi-line header.
         Engine::Posix => regex::RegexBuilder::new(&pat.expr)
             .case_insensitive(casei)
             .multi_line(multi)
+            .dot_matches_new_line(!multi)
             .build()
             .map(Re::Posix)
             .map_err(|e| {

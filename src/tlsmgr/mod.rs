@@ -5,23 +5,47 @@
 //!   Builds the rustls server configuration smtpd uses for STARTTLS and wrapper mode.
 //!
 //! DESCRIPTION
-//!   Loads smtpd_tls_cert_file (a PEM chain) and smtpd_tls_key_file (PEM, RSA/ECDSA/Ed25519;
-//!   default: the certificate file) every time smtpd's settings are (re)built, so
-//!   `relais reload` picks up renewed certificates without cutting sessions. When the
-//!   relais-specific parameter relais_tls_self_signed is yes and the files do not exist yet,
-//!   it generates a self-signed certificate for $myhostname (rcgen) and writes it there first,
-//!   so that the default configuration offers STARTTLS out of the box. Protocol versions follow
-//!   smtpd_tls_protocols (rustls speaks TLS 1.2 and 1.3 only; older ones are never offered).
-//!   Session tickets are rotated by rustls's ticketer.
+//!   Loads the server's keys every time smtpd's settings are (re)built, so `relais reload`
+//!   picks up renewed certificates without cutting sessions (sessions in progress keep the
+//!   configuration they started with). Keys come from smtpd_tls_chain_files (PEM files where
+//!   each private key is followed by its chain; several keys, e.g. RSA and ECDSA, may be
+//!   listed) or else from smtpd_tls_cert_file/smtpd_tls_key_file plus
+//!   smtpd_tls_eccert_file/smtpd_tls_eckey_file. Among several keys the first whose signature
+//!   schemes the client accepts is used. tls_server_sni_maps maps an SNI name (then its parent
+//!   domains as `.domain`) to a list of PEM files (key then chain, in one file or several);
+//!   unknown names get the default keys. When the relais-specific parameter
+//!   relais_tls_self_signed is yes and the files do not exist yet, it generates a self-signed
+//!   certificate for $myhostname (rcgen) first, so that the default configuration offers
+//!   STARTTLS out of the box. Protocol versions follow smtpd_tls_protocols (rustls speaks TLS
+//!   1.2 and 1.3 only; `relais check` names older versions a list asks for). Session tickets
+//!   are rotated by rustls's ticketer.
+//!
+//!   Client certificates: with smtpd_tls_ask_ccert (or smtpd_tls_req_ccert) the client is
+//!   asked for one; after the handshake its fingerprint (smtpd_tls_fingerprint_digest over the
+//!   certificate, then over its public key) is looked up in relay_clientcerts for
+//!   permit_tls_clientcerts, and its chain checked against smtpd_tls_CAfile/smtpd_tls_CApath
+//!   for permit_tls_all_clientcerts. smtpd_tls_req_ccert ends a session whose certificate is
+//!   missing or not trusted.
+//!
+//! MESSAGES
+//!   `Anonymous|Untrusted|Trusted TLS connection established from host[addr]: TLSv1.3 with
+//!   cipher … (256/256 bits)` (smtpd_tls_loglevel >= 1); `tls_server_sni_maps: name: …` when an
+//!   SNI entry's files cannot be loaded (the default keys are served).
 //!
 //! SECURITY
-//!   The private key file is created with mode 0600. Cipher suites are rustls's defaults (AEAD
-//!   with forward secrecy); OpenSSL cipher strings are reported by `relais check`.
+//!   The private key file is created with mode 0600. A key that does not match its
+//!   certificate is refused. Cipher suites are rustls's defaults (AEAD with forward secrecy);
+//!   OpenSSL cipher strings are reported by `relais check`. md5 fingerprints are not
+//!   available (sha256 is used, with a warning).
 //!
 //! CONFIGURATION PARAMETERS
 //!   smtpd_tls_security_level (), smtpd_tls_cert_file (), smtpd_tls_key_file
-//!   ($smtpd_tls_cert_file), smtpd_tls_protocols, relais_tls_self_signed (no),
-//!   smtpd_tls_loglevel (0), smtpd_tls_received_header (no)
+//!   ($smtpd_tls_cert_file), smtpd_tls_eccert_file (), smtpd_tls_eckey_file
+//!   ($smtpd_tls_eccert_file), smtpd_tls_chain_files (), tls_server_sni_maps (),
+//!   smtpd_tls_protocols, relais_tls_self_signed (no), smtpd_tls_loglevel (0),
+//!   smtpd_tls_received_header (no), smtpd_tls_ask_ccert (no), smtpd_tls_req_ccert (no),
+//!   smtpd_tls_CAfile (), smtpd_tls_CApath (), relay_clientcerts (),
+//!   smtpd_tls_fingerprint_digest (sha256 at compatibility_level 3.6)
 
 use std::io::Write;
 use std::path::Path;
@@ -31,6 +55,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
+
+pub mod ccert;
+pub mod certs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -99,22 +126,15 @@ fn ensure_self_signed(cert: &Path, key: &Path, host: &str) -> Result<(), TlsErro
     Ok(())
 }
 
-/// Which TLS versions smtpd_tls_protocols allows (`!TLSv1.2` style exclusions, or a list).
+/// Which TLS versions smtpd_tls_protocols allows (`!TLSv1.2` exclusions, a list, or
+/// `>=TLSv1.2` bounds; see [`crate::smtp::tls::protocol_versions`]).
 fn versions(cfg: &Config) -> Vec<&'static rustls::SupportedProtocolVersion> {
-    let spec = cfg.get_list("smtpd_tls_protocols");
-    let excluded = |v: &str| {
-        spec.iter()
-            .any(|s| s.eq_ignore_ascii_case(&format!("!{v}")))
-    };
-    let listed: Vec<&String> = spec.iter().filter(|s| !s.starts_with('!')).collect();
-    let allowed = |v: &str| {
-        !excluded(v) && (listed.is_empty() || listed.iter().any(|s| s.eq_ignore_ascii_case(v)))
-    };
+    let ((t12, t13), _) = crate::smtp::tls::protocol_versions(&cfg.get_list("smtpd_tls_protocols"));
     let mut out = Vec::new();
-    if allowed("TLSv1.3") {
+    if t13 {
         out.push(&rustls::version::TLS13);
     }
-    if allowed("TLSv1.2") {
+    if t12 {
         out.push(&rustls::version::TLS12);
     }
     out
@@ -126,53 +146,91 @@ pub fn server_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
     if Level::from_config(cfg) == Level::None && !wrapper {
         return Ok(None);
     }
-    let cert = cfg.get("smtpd_tls_cert_file");
-    if cert.trim().is_empty() {
-        return Err(TlsError::Config(
-            "TLS is required or offered but smtpd_tls_cert_file is empty".into(),
-        ));
-    }
-    let key = cfg.get("smtpd_tls_key_file");
-    let key = if key.trim().is_empty() {
-        cert.clone()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain_files = cfg.get_list("smtpd_tls_chain_files");
+    let mut keys = Vec::new();
+    if !chain_files.is_empty() {
+        // Postfix: smtpd_tls_chain_files wins over the cert/key parameter pairs.
+        let groups = certs::load_groups(&chain_files).map_err(TlsError::Config)?;
+        keys = certs::certified(groups, &provider, &chain_files.join(" "))
+            .map_err(TlsError::Config)?;
     } else {
-        key
-    };
-    let (cert, key) = (
-        Path::new(cert.trim()).to_path_buf(),
-        Path::new(key.trim()).to_path_buf(),
-    );
-    if cfg.get_bool("relais_tls_self_signed") {
-        ensure_self_signed(&cert, &key, &cfg.get("myhostname"))?;
+        let cert = cfg.get("smtpd_tls_cert_file");
+        let eccert = cfg.get("smtpd_tls_eccert_file");
+        if cert.trim().is_empty() && eccert.trim().is_empty() {
+            return Err(TlsError::Config(
+                "TLS is required or offered but smtpd_tls_cert_file is empty".into(),
+            ));
+        }
+        let pairs = [
+            (cert, cfg.get("smtpd_tls_key_file"), true),
+            (eccert, cfg.get("smtpd_tls_eckey_file"), false),
+        ];
+        for (cert, key, first) in pairs {
+            if cert.trim().is_empty() {
+                continue;
+            }
+            let key = if key.trim().is_empty() {
+                cert.clone()
+            } else {
+                key
+            };
+            let (cert, key) = (
+                Path::new(cert.trim()).to_path_buf(),
+                Path::new(key.trim()).to_path_buf(),
+            );
+            if first && cfg.get_bool("relais_tls_self_signed") {
+                ensure_self_signed(&cert, &key, &cfg.get("myhostname"))?;
+            }
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+                .map_err(|e| file_err(&cert, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_err(&cert, e))?;
+            if chain.is_empty() {
+                return Err(file_err(&cert, "no certificate found"));
+            }
+            let pkey = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
+            keys.extend(
+                certs::certified(vec![(chain, pkey)], &provider, &cert.display().to_string())
+                    .map_err(TlsError::Config)?,
+            );
+        }
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| file_err(&cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(&cert, e))?;
-    if chain.is_empty() {
-        return Err(file_err(&cert, "no certificate found"));
-    }
-    let pkey = PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e))?;
     let vers = versions(cfg);
     if vers.is_empty() {
         return Err(TlsError::Config("smtpd_tls_protocols excludes both TLSv1.2 and TLSv1.3, the only versions relais speaks".into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let sni_list = cfg.get_list("tls_server_sni_maps");
+    let sni = if sni_list.is_empty() {
+        None
+    } else {
+        Some(
+            crate::table::Maps::open(&sni_list)
+                .map_err(|e| TlsError::Config(format!("tls_server_sni_maps: {e}")))?,
+        )
+    };
+    let ccerts = Arc::new(ccert::ClientCerts::from_config(cfg, &provider));
+    let resolver = Arc::new(certs::Resolver::new(keys, sni, provider.clone()));
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&vers)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, pkey)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?;
+        .with_client_cert_verifier(ccerts.handshake_verifier())
+        .with_cert_resolver(resolver);
     if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
         sc.ticketer = t;
     }
     Ok(Some(Arc::new(sc)))
 }
 
+/// The client-certificate checks of a service (fingerprints, trust), for smtpd's sessions.
+pub fn client_certs(cfg: &Config) -> Arc<ccert::ClientCerts> {
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(ccert::ClientCerts::from_config(cfg, &provider))
+}
+
 /// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)`, as Postfix logs and writes
 /// into Received: headers.
-pub fn describe(conn: &rustls::ServerConnection) -> String {
+pub fn describe(conn: &rustls::CommonState) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",

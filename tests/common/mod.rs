@@ -334,6 +334,55 @@ impl Instance {
     }
 }
 
+/// A test certificate authority (rcgen): issues server and client certificates on loopback
+/// tests, written as PEM files.
+pub struct TestCa {
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new(cn: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// Writes the CA certificate to `path`.
+    pub fn write_ca(&self, path: &Path) {
+        std::fs::write(path, self.cert.pem()).unwrap();
+    }
+
+    /// Issues an ECDSA certificate for `names` (DNS names or IP addresses): writes
+    /// `dir/stem.key` and `dir/stem.pem` (leaf then CA) and returns (key, chain) paths and
+    /// the leaf's DER.
+    pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("test"),
+        );
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &self.cert, &self.key).unwrap();
+        let (kp, cp) = (
+            dir.join(format!("{stem}.key")),
+            dir.join(format!("{stem}.pem")),
+        );
+        std::fs::write(&kp, k.serialize_pem()).unwrap();
+        std::fs::write(&cp, format!("{}{}", c.pem(), self.cert.pem())).unwrap();
+        (kp, cp, c.der().to_vec())
+    }
+}
 /// An authoritative DNS server (hickory-server) for one zone on 127.0.0.1, UDP and TCP, run
 /// on its own tokio runtime; stops when dropped.
 pub struct DnsZone {
