@@ -1,5 +1,6 @@
 //! DNS and MX routing against a hickory-server authoritative server on loopback.
 
+mod common;
 use hickory_server::proto::rr::{LowerName, Name};
 use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -48,11 +49,7 @@ async fn dns_server() -> (Server<Catalog>, u16) {
     .unwrap();
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = udp.local_addr().unwrap().port();
-    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let (udp, tcp, port) = common::bind_udp_tcp().await;
     let mut server = Server::new(catalog);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 4096);
