@@ -78,7 +78,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// command must wait for its reply; with it, the commands that end a group must. True
     /// when the session must end.
     pub(super) async fn check_pipelining(&mut self, counter: &str) -> bool {
-        if self.info.protocol != "ESMTP" || last_in_group(counter) {
+        // ESMTPS, ESMTPA and ESMTPSA (after STARTTLS or AUTH) are ESMTP too.
+        if !self.info.protocol.starts_with("ESMTP") || last_in_group(counter) {
             return self.flag_ill_pipelining().await;
         }
         false
