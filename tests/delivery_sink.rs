@@ -105,6 +105,11 @@ fn two_thousand_messages_over_twenty_sessions_all_reach_the_sink() {
         .path();
     let text = String::from_utf8_lossy(&std::fs::read(sample).unwrap()).to_string();
     assert!(text.contains("rcpt@sink.test"), "{text}");
+    // A message leaves the queue listing when its removal is written; its "removed" line
+    // follows the flush a moment later.
+    wait_until(Duration::from_secs(10), || {
+        inst.log().matches(": removed").count() >= 2000
+    });
     let log = inst.log();
     assert_eq!(log.matches("status=sent").count(), 2000, "sent lines");
     assert_eq!(log.matches(": removed").count(), 2000, "removed lines");

@@ -161,13 +161,14 @@ alias    IN A   127.0.0.1
         "secure-dot.test",
         "may-ca.test",
     ] {
-        let line = a
-            .log()
-            .lines()
-            .find(|l| l.contains(&format!("to=<u@{dom}>")))
-            .unwrap_or_default()
-            .to_string();
-        assert!(line.contains("status=sent"), "{dom}: {line}");
+        // A first attempt may meet a peer whose listener a parallel test held a moment
+        // (ports are picked free, then bound): what matters is that it was sent over TLS.
+        let log = a.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("to=<u@{dom}>")) && l.contains("status=sent")),
+            "{dom}: {log}"
+        );
     }
 
     // The refusals: deferred with Postfix's reasons, visible in postqueue -j.

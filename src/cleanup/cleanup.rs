@@ -112,6 +112,7 @@ impl Handler<Enqueue> for Cleanup {
         Box::pin(async move {
             let id = sub.queue_id.clone();
             let sp = span.clone();
+            let (queue_w, id_w) = (queue.clone(), id.clone());
             // Header work, checks and table lookups (SQLite, files) are blocking CPU/IO work.
             let prepared = tokio::task::spawn_blocking(move || {
                 let _e = sp.enter();
@@ -136,32 +137,40 @@ impl Handler<Enqueue> for Cleanup {
                     r.address = rewriter.canonicalize(&r.address);
                 }
                 env.recipients = expand_recipients(&rewriter, env.recipients)?;
-                Ok::<_, CleanupError>((cleaned, env, sub.origin))
+                if cleaned.discard.is_some() {
+                    return Ok((Disposition::Discarded, QueueName::Incoming));
+                }
+                let (state, disp) = if cleaned.hold.is_some() {
+                    (QueueName::Hold, Disposition::Held)
+                } else {
+                    (QueueName::Incoming, Disposition::Queued)
+                };
+                let record = Record {
+                    envelope: env,
+                    origin: sub.origin,
+                    meta: Meta::default(),
+                };
+                // Written here, on this blocking thread, to save a second hop; durable
+                // only after `committed` below.
+                queue_w
+                    .store_blocking(&id_w, state, record, &cleaned.content)
+                    .map_err(|e| {
+                        tracing::warn!("{id_w}: queue file write error: {e}");
+                        CleanupError::Queue(e.to_string())
+                    })?;
+                Ok::<_, CleanupError>((disp, state))
             })
             .await
             .map_err(|e| CleanupError::Temporary(format!("cleanup task failed: {e}")))??;
-            let (cleaned, envelope, origin) = prepared;
-            if cleaned.discard.is_some() {
-                return Ok(Disposition::Discarded);
+            let (disp, state) = prepared;
+            if disp == Disposition::Discarded {
+                return Ok(disp);
             }
-            let (state, disp) = if cleaned.hold.is_some() {
-                (QueueName::Hold, Disposition::Held)
-            } else {
-                (QueueName::Incoming, Disposition::Queued)
-            };
-            let record = Record {
-                envelope,
-                origin,
-                meta: Meta::default(),
-            };
-            queue
-                .commit(&id, state, record, cleaned.content)
-                .await
-                .map_err(|e| {
-                    let _e = span.enter();
-                    tracing::warn!("{id}: queue file write error: {e}");
-                    CleanupError::Queue(e.to_string())
-                })?;
+            queue.committed(&id, state).await.map_err(|e| {
+                let _e = span.enter();
+                tracing::warn!("{id}: queue file write error: {e}");
+                CleanupError::Queue(e.to_string())
+            })?;
             Ok(disp)
         })
     }

@@ -310,12 +310,7 @@ impl Qmgr {
         let idc = id.clone();
         let fut = async move {
             let before = q
-                .transition(
-                    &idc,
-                    &[QueueName::Incoming, QueueName::Deferred],
-                    QueueName::Active,
-                    |_| {},
-                )
+                .activate(&idc, &[QueueName::Incoming, QueueName::Deferred])
                 .await?;
             let Some(msg) = before else { return Ok(None) };
             let content = q.content(&idc).await?.unwrap_or_default();
@@ -546,11 +541,19 @@ impl Qmgr {
                 msg.outcomes.insert(i, o);
             }
             msg.outstanding = msg.outstanding.saturating_sub(1);
+            let done = msg.outstanding == 0;
+            if done && all_sent_quietly(&msg.record, &msg.outcomes) {
+                // The common case: every recipient delivered, no notice to send. `finish`
+                // removes the message with one flushed transaction; recording the outcomes
+                // first would only add a flush.
+                self.finish(ctx, id);
+                self.pump(ctx);
+                return;
+            }
             // Record outcomes as they come, so a restart does not deliver twice.
             let outcomes = msg.outcomes.clone();
             let q = self.queue.clone();
             let idc = id.clone();
-            let done = msg.outstanding == 0;
             let fut = async move {
                 let r = q
                     .update(&idc, QueueName::Active, move |rec| {
@@ -830,6 +833,20 @@ fn site_feedback(out: &[(usize, Outcome)]) -> Feedback2 {
 }
 
 /// Writes this round's outcomes into the record's recipients.
+/// True when, with `outcomes`, no recipient of `rec` is left pending and the round asks for
+/// no notice: every recipient of this round was delivered without NOTIFY=SUCCESS.
+fn all_sent_quietly(rec: &Record, outcomes: &HashMap<usize, Outcome>) -> bool {
+    rec.envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .all(|(i, r)| match outcomes.get(&i) {
+            Some(Outcome::Sent { .. }) => !r.notify.success,
+            Some(_) => false,
+            None => r.status != RcptStatus::Pending,
+        })
+}
+
 fn apply_outcomes(rec: &mut Record, outcomes: &HashMap<usize, Outcome>) {
     for (&i, o) in outcomes {
         let Some(r) = rec.envelope.recipients.get_mut(i) else {

@@ -366,8 +366,25 @@ impl Queue {
         &self,
         id: &str,
         queue: QueueName,
-        mut record: Record,
+        record: Record,
         content: Vec<u8>,
+    ) -> Result<(), QueueError> {
+        let q = self.clone();
+        let idc = id.to_string();
+        self.blocking(move |_| q.store_blocking(&idc, queue, record, &content))
+            .await?;
+        self.committed(id, queue).await
+    }
+
+    /// The write half of [`commit`](Self::commit), for a caller already on a blocking thread
+    /// (cleanup does its header work there): stores the message, not yet durable. Follow it
+    /// with [`committed`](Self::committed) before acknowledging the message to anyone.
+    pub fn store_blocking(
+        &self,
+        id: &str,
+        queue: QueueName,
+        mut record: Record,
+        content: &[u8],
     ) -> Result<(), QueueError> {
         if !id::valid(id) {
             return Err(QueueError::InvalidId(id.into()));
@@ -379,13 +396,15 @@ impl Queue {
             record.meta.arrival_usec = us;
         }
         let bytes = encode(&record)?;
-        let idc = id.to_string();
-        let stored = self
-            .blocking(move |s| Ok(s.insert(&idc, queue.byte(), &bytes, &content)?))
-            .await?;
-        if !stored {
+        if !self.inner.spool.insert(id, queue.byte(), &bytes, content)? {
             return Err(QueueError::Exists(id.into()));
         }
+        Ok(())
+    }
+
+    /// The durable half of [`commit`](Self::commit) after [`store_blocking`](Self::store_blocking):
+    /// returns once the message is on disk (group commit), then tells qmgr or pickup.
+    pub async fn committed(&self, id: &str, queue: QueueName) -> Result<(), QueueError> {
         self.durable().await?;
         self.notify(match queue {
             QueueName::Maildrop => QueueEvent::NewMaildrop(id.into()),
@@ -533,6 +552,31 @@ impl Queue {
         to: QueueName,
         edit: impl Fn(&mut Record) + Send + 'static,
     ) -> Result<Option<Message>, QueueError> {
+        self.transition_with(id, from, to, edit, true).await
+    }
+
+    /// The queue manager takes a message from incoming or deferred into active. Same
+    /// transaction as [`transition`](Self::transition), but not flushed: if a crash loses
+    /// the move, the message is still in incoming or deferred, and if it does not, recovery
+    /// moves active back to incoming — either way the next scan finds it. Saving this flush
+    /// leaves one flush per delivered message (its removal).
+    pub async fn activate(
+        &self,
+        id: &str,
+        from: &[QueueName],
+    ) -> Result<Option<Message>, QueueError> {
+        self.transition_with(id, from, QueueName::Active, |_| {}, false)
+            .await
+    }
+
+    async fn transition_with(
+        &self,
+        id: &str,
+        from: &[QueueName],
+        to: QueueName,
+        edit: impl Fn(&mut Record) + Send + 'static,
+        flush: bool,
+    ) -> Result<Option<Message>, QueueError> {
         let idc = id.to_string();
         let from = from.to_vec();
         let before = self
@@ -574,7 +618,7 @@ impl Queue {
             .await?;
         // A change the caller acts on (an operator's answer, a delivery not to repeat)
         // must survive a crash: flush it, sharing the flush with concurrent callers.
-        if before.is_some() {
+        if flush && before.is_some() {
             self.durable().await?;
         }
         Ok(before)

@@ -305,3 +305,44 @@ async fn list_many_groups_once_per_message() {
     assert_eq!(got, want);
     assert!(q.list_many(&[QueueName::Hold]).await.unwrap().is_empty());
 }
+
+/// Activation is not flushed: whether or not the move reached the disk before a crash, the
+/// reopened queue has the message in incoming (or deferred), never lost.
+#[tokio::test]
+async fn unflushed_activation_comes_back_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, d) = {
+        let q = Queue::open(dir.path(), false).unwrap();
+        let a = q
+            .enqueue(QueueName::Incoming, rec("a@x", &["b@y"]), b"x".to_vec())
+            .await
+            .unwrap();
+        let d = q
+            .enqueue(QueueName::Incoming, rec("a@x", &["c@y"]), b"y".to_vec())
+            .await
+            .unwrap();
+        q.transition(&d, &[QueueName::Incoming], QueueName::Deferred, |_| {})
+            .await
+            .unwrap();
+        let before = q.activate(&a, &[QueueName::Incoming]).await.unwrap();
+        assert_eq!(before.unwrap().queue, QueueName::Incoming);
+        q.activate(&d, &[QueueName::Deferred]).await.unwrap();
+        assert_eq!(q.get(&a).await.unwrap().unwrap().queue, QueueName::Active);
+        // Not in `from`: no move.
+        assert!(q.activate(&a, &[QueueName::Hold]).await.unwrap().is_none());
+        let spool = q.spool().clone();
+        drop(q);
+        drop(spool);
+        (a, d)
+    };
+    let q = Queue::open(dir.path(), false).unwrap();
+    for id in [a, d] {
+        let m = q.get(&id).await.unwrap().unwrap();
+        assert!(
+            matches!(m.queue, QueueName::Incoming | QueueName::Deferred),
+            "{id}: {:?}",
+            m.queue
+        );
+        assert!(q.content(&id).await.unwrap().is_some());
+    }
+}
