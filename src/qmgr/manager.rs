@@ -206,6 +206,9 @@ pub struct Qmgr {
     agents: AgentTable,
     active: HashMap<String, ActiveMsg>,
     activating: HashSet<String>,
+    /// An incoming-only scan is in flight; `rescan` asks for another when it returns.
+    scanning: bool,
+    rescan: bool,
     dests: Dests,
     /// Log lines carry `syslog_name/qmgr`.
     span: tracing::Span,
@@ -251,6 +254,8 @@ impl Qmgr {
             agents,
             active: HashMap::new(),
             activating: HashSet::new(),
+            scanning: false,
+            rescan: false,
             dests: Dests::default(),
             span: crate::log::service_span!(tag),
         }
@@ -264,9 +269,31 @@ impl Qmgr {
 
     /// Scans incoming (all) and deferred (due ones, or all when `force`), bounded by room.
     fn scan(&mut self, ctx: &mut Context<Self>, deferred: bool, force: bool, site: Option<String>) {
+        // Incoming-only scans come after every finished message: one at a time, the latest
+        // request served when the running one returns, and never more IDs than there is room
+        // for (those being activated are still listed in incoming).
+        let incoming_only = !deferred;
+        if incoming_only {
+            if self.scanning {
+                self.rescan = true;
+                return;
+            }
+            if self.room() == 0 {
+                return;
+            }
+            self.scanning = true;
+        }
+        let limit = if deferred {
+            usize::MAX
+        } else {
+            self.room() + self.activating.len()
+        };
         let q = self.queue.clone();
         let fut = async move {
-            let mut ids: Vec<String> = q.ids(QueueName::Incoming).await.unwrap_or_default();
+            let mut ids: Vec<String> = q
+                .ids_upto(QueueName::Incoming, limit)
+                .await
+                .unwrap_or_default();
             if deferred {
                 let now = secs_now();
                 for m in q.list(QueueName::Deferred).await.unwrap_or_default() {
@@ -290,13 +317,19 @@ impl Qmgr {
         ctx.spawn(
             fut.instrument(self.span.clone())
                 .into_actor(self)
-                .map(|ids, act, ctx| {
+                .map(move |ids, act, ctx| {
                     let _g = act.span.clone().entered();
                     for id in ids {
                         if act.room() == 0 {
                             break;
                         }
                         act.activate(ctx, id);
+                    }
+                    if incoming_only {
+                        act.scanning = false;
+                        if std::mem::take(&mut act.rescan) {
+                            act.scan(ctx, false, false, None);
+                        }
                     }
                 }),
         );

@@ -508,7 +508,7 @@ impl Queue {
     pub async fn list(&self, queue: QueueName) -> Result<Vec<Message>, QueueError> {
         self.blocking(move |s| {
             let mut out = Vec::new();
-            for id in s.ids(queue.byte())? {
+            for id in s.ids(queue.byte(), usize::MAX)? {
                 match get_sync(s, &id) {
                     Ok(Some(m)) if m.queue == queue => out.push(m),
                     Ok(_) => {}
@@ -805,7 +805,7 @@ impl Queue {
         self.blocking(|s| {
             let mut out = Vec::new();
             for q in QueueName::ALL {
-                out.push((q, s.ids(q.byte())?.len()));
+                out.push((q, s.ids(q.byte(), usize::MAX)?.len()));
             }
             Ok(out)
         })
@@ -814,7 +814,18 @@ impl Queue {
 
     /// IDs in one queue (cheap: no decoding).
     pub async fn ids(&self, queue: QueueName) -> Result<Vec<String>, QueueError> {
-        self.blocking(move |s| Ok(s.ids(queue.byte())?)).await
+        self.ids_upto(queue, usize::MAX).await
+    }
+
+    /// The first `limit` IDs in one queue: the queue manager asks for no more than it has
+    /// room for, so a long incoming queue does not cost a full scan per delivery.
+    pub async fn ids_upto(
+        &self,
+        queue: QueueName,
+        limit: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        self.blocking(move |s| Ok(s.ids(queue.byte(), limit)?))
+            .await
     }
 }
 

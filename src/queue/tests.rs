@@ -346,3 +346,33 @@ async fn unflushed_activation_comes_back_after_reopen() {
         assert!(q.content(&id).await.unwrap().is_some());
     }
 }
+
+/// A database created with another segment size (sled's 512 KB default, as earlier relais
+/// versions made them) still opens: sled refuses a changed segment size.
+#[test]
+fn existing_database_keeps_its_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = sled::Config::new()
+            .path(&path)
+            .segment_size(512 * 1024)
+            .open()
+            .unwrap();
+        db.insert(b"k", b"v").unwrap();
+        db.flush().unwrap();
+    }
+    let spool = SledSpool::open(&path).unwrap();
+    spool.flush().unwrap();
+    drop(spool);
+    let fresh = dir.path().join("fresh");
+    drop(SledSpool::open(&fresh).unwrap());
+    let conf = String::from_utf8_lossy(&std::fs::read(fresh.join("conf")).unwrap()).into_owned();
+    assert!(
+        conf.contains(&format!(
+            "segment_size: {}",
+            crate::queue::spool::SEGMENT_SIZE
+        )),
+        "{conf}"
+    );
+}
