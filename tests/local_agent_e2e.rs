@@ -103,11 +103,23 @@ fn local_users_aliases_forwarding_and_bounces() {
         "{}",
         inst.log()
     );
+    // As Postfix's local(8), one line per member under its expanded address.
     let log = inst.log();
+    for member in ["bob+news@mail.test", "alice@mail.test"] {
+        assert!(
+            log.contains(&format!(
+                "to=<{member}>, orig_to=<team+news@mail.test>, relay=local,"
+            )) && log.contains("status=sent (delivered to maildir)"),
+            "{member}: {log}"
+        );
+    }
     assert!(
-        log.contains("to=<team+news@mail.test>, relay=local,")
-            && log
-                .contains("status=sent (delivered to maildir; delivered to maildir; forwarded as "),
+        log.contains("to=<remote+news@other.example>, orig_to=<team+news@mail.test>, relay=local,")
+            && log.contains("status=sent (forwarded as "),
+        "{log}"
+    );
+    assert!(
+        log.contains("to=<bob@mail.test>, orig_to=<postmaster@mail.test>, relay=local,"),
         "{log}"
     );
     assert!(log.contains("from=<owner-team@mail.test>"), "{log}");

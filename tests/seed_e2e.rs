@@ -198,13 +198,11 @@ s.quit()
     );
 }
 
-/// The seed's alias row (toto → test) through alias_maps, which Postfix consults for
-/// mydestination (mail.exemple.fr) in local(8). relais has no local delivery agent and no
-/// alias_maps yet: the mail waits in the queue ("mail transport unavailable"). With a local
-/// agent, Postfix's outcome is a bounce "unknown user: test" (NOTES.md item 4): `test` is not a
-/// local user. This test asserts that outcome.
+/// The seed's alias row (toto → test) through alias_maps, which local(8) consults for
+/// mydestination (mail.exemple.fr). smtpd accepts toto (alias_maps is part of
+/// local_recipient_maps); local(8) expands it to test@mail.exemple.fr, and as in Postfix 3.7
+/// that bounces "unknown user: \"test\"" (NOTES.md item 4): `test` is not a Unix user.
 #[test]
-#[ignore = "needs local(8) delivery with alias_maps (not implemented in relais)"]
 fn flow2_local_alias_is_expanded_through_alias_maps() {
     let s = seed_or_skip!(false);
     let out = send_inbound(

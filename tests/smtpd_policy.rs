@@ -335,6 +335,55 @@ fn rows() -> Vec<Row> {
           "250 2.1.5", &[]),
         d("warn_if_reject", "smtpd_recipient_restrictions = warn_if_reject reject, reject_unauth_destination", "192.0.2.1", "good.test", "a@good.test", "test@exemple.fr",
           "250 2.1.5", &["ID0001: reject_warning: RCPT from mail.good.test[192.0.2.1]: 554 5.7.1 <test@exemple.fr>: Recipient address rejected: Access denied; from=<a@good.test>"]),
+        // reject_unlisted_sender and smtpd_reject_unlisted_sender (Postfix: x.1.0 for a
+        // sender, x.1.7 from the virtual alias table's 5.1.1; the class's unknown_*_code).
+        d("reject_unlisted_sender, local", "smtpd_sender_restrictions = reject_unlisted_sender\nlocal_recipient_maps = inline:{ bob=x }\nalias_maps =", "192.0.2.1", "good.test", "ghost@mx.relais.test", "test@exemple.fr",
+          "550 5.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 550 5.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table; from=<ghost@mx.relais.test> to=<test@exemple.fr> proto=ESMTP helo=<good.test>"]),
+        d("reject_unlisted_sender, known local user", "smtpd_sender_restrictions = reject_unlisted_sender\nlocal_recipient_maps = inline:{ bob=x }\nalias_maps =", "192.0.2.1", "good.test", "bob@mx.relais.test", "test@exemple.fr",
+          "250 2.1.5", &[]),
+        d("reject_unlisted_sender, virtual mailbox", "smtpd_sender_restrictions = reject_unlisted_sender", "192.0.2.1", "good.test", "nobody@exemple.fr", "test@exemple.fr",
+          "550 5.1.0 <nobody@exemple.fr>: Sender address rejected: User unknown in virtual mailbox table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 550 5.1.0 <nobody@exemple.fr>: Sender address rejected: User unknown in virtual mailbox table; from=<nobody@exemple.fr> to=<test@exemple.fr> proto=ESMTP helo=<good.test>"]),
+        d("reject_unlisted_sender, remote sender", "smtpd_sender_restrictions = reject_unlisted_sender", "192.0.2.1", "good.test", "a@good.test", "test@exemple.fr",
+          "250 2.1.5", &[]),
+        d("smtpd_reject_unlisted_sender is off by default", "local_recipient_maps = inline:{ bob=x }\nalias_maps =", "192.0.2.1", "good.test", "ghost@mx.relais.test", "test@exemple.fr",
+          "250 2.1.5", &[]),
+        d("smtpd_reject_unlisted_sender, local", "smtpd_reject_unlisted_sender = yes\nlocal_recipient_maps = inline:{ bob=x }\nalias_maps =", "192.0.2.1", "good.test", "ghost@mx.relais.test", "test@exemple.fr",
+          "550 5.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 550 5.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table; from=<ghost@mx.relais.test> to=<test@exemple.fr> proto=ESMTP helo=<good.test>"]),
+        d("smtpd_reject_unlisted_sender, local, 450", "smtpd_reject_unlisted_sender = yes\nunknown_local_recipient_reject_code = 450\nlocal_recipient_maps = inline:{ bob=x }\nalias_maps =", "192.0.2.1", "good.test", "ghost@mx.relais.test", "test@exemple.fr",
+          "450 4.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 450 4.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table; from=<ghost@mx.relais.test>"]),
+        d("smtpd_reject_unlisted_sender, postmaster is always listed", "smtpd_reject_unlisted_sender = yes\nlocal_recipient_maps = inline:{ bob=x }\nalias_maps =", "192.0.2.1", "good.test", "postmaster@mx.relais.test", "test@exemple.fr",
+          "250 2.1.5", &[]),
+        d("smtpd_reject_unlisted_sender, virtual mailbox, 450", "smtpd_reject_unlisted_sender = yes\nunknown_virtual_mailbox_reject_code = 450", "192.0.2.1", "good.test", "nobody@exemple.fr", "test@exemple.fr",
+          "450 4.1.0 <nobody@exemple.fr>: Sender address rejected: User unknown in virtual mailbox table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 450 4.1.0 <nobody@exemple.fr>: Sender address rejected: User unknown in virtual mailbox table; from=<nobody@exemple.fr>"]),
+        d("smtpd_reject_unlisted_sender, virtual alias", "smtpd_reject_unlisted_sender = yes\nvirtual_alias_domains = alias.test\nvirtual_alias_maps = inline:{ info@alias.test=test@exemple.fr }", "192.0.2.1", "good.test", "x@alias.test", "test@exemple.fr",
+          "550 5.1.7 <x@alias.test>: Sender address rejected: User unknown in virtual alias table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 550 5.1.7 <x@alias.test>: Sender address rejected: User unknown in virtual alias table; from=<x@alias.test> to=<test@exemple.fr> proto=ESMTP helo=<good.test>"]),
+        d("smtpd_reject_unlisted_sender, virtual alias, 450", "smtpd_reject_unlisted_sender = yes\nunknown_virtual_alias_reject_code = 450\nvirtual_alias_domains = alias.test\nvirtual_alias_maps = inline:{ info@alias.test=test@exemple.fr }", "192.0.2.1", "good.test", "x@alias.test", "test@exemple.fr",
+          "450 4.1.7 <x@alias.test>: Sender address rejected: User unknown in virtual alias table", &[]),
+        d("smtpd_reject_unlisted_sender, listed virtual alias", "smtpd_reject_unlisted_sender = yes\nvirtual_alias_domains = alias.test\nvirtual_alias_maps = inline:{ info@alias.test=test@exemple.fr }", "192.0.2.1", "good.test", "info@alias.test", "test@exemple.fr",
+          "250 2.1.5", &[]),
+        d("smtpd_reject_unlisted_sender, relay", "smtpd_reject_unlisted_sender = yes\nrelay_domains = relay.test\nrelay_recipient_maps = inline:{ known@relay.test=x }", "192.0.2.1", "good.test", "who@relay.test", "test@exemple.fr",
+          "550 5.1.0 <who@relay.test>: Sender address rejected: User unknown in relay recipient table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 550 5.1.0 <who@relay.test>: Sender address rejected: User unknown in relay recipient table; from=<who@relay.test> to=<test@exemple.fr> proto=ESMTP helo=<good.test>"]),
+        d("smtpd_reject_unlisted_sender, relay, 450", "smtpd_reject_unlisted_sender = yes\nunknown_relay_recipient_reject_code = 450\nrelay_domains = relay.test\nrelay_recipient_maps = inline:{ known@relay.test=x }", "192.0.2.1", "good.test", "who@relay.test", "test@exemple.fr",
+          "450 4.1.0 <who@relay.test>: Sender address rejected: User unknown in relay recipient table", &[]),
+        d("smtpd_reject_unlisted_sender, listed relay sender", "smtpd_reject_unlisted_sender = yes\nrelay_domains = relay.test\nrelay_recipient_maps = inline:{ known@relay.test=x }", "192.0.2.1", "good.test", "known@relay.test", "test@exemple.fr",
+          "250 2.1.5", &[]),
+        d("smtpd_reject_unlisted_sender after a permitting sender list", "smtpd_reject_unlisted_sender = yes\nsmtpd_sender_restrictions = permit", "192.0.2.1", "good.test", "nobody@exemple.fr", "test@exemple.fr",
+          "550 5.1.0 <nobody@exemple.fr>: Sender address rejected: User unknown in virtual mailbox table", &[]),
+        // The recipient side shares the machinery: each class's code and table.
+        d("unlisted local recipient, 450", "unknown_local_recipient_reject_code = 450\nlocal_recipient_maps = inline:{ bob=x }\nalias_maps =", "127.0.0.1", "good.test", "a@good.test", "ghost@mx.relais.test",
+          "450 4.1.1 <ghost@mx.relais.test>: Recipient address rejected: User unknown in local recipient table", &[]),
+        d("unlisted relay recipient", "relay_domains = relay.test\nrelay_recipient_maps = inline:{ known@relay.test=x }", "192.0.2.1", "good.test", "a@good.test", "who@relay.test",
+          "550 5.1.1 <who@relay.test>: Recipient address rejected: User unknown in relay recipient table",
+          &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 550 5.1.1 <who@relay.test>: Recipient address rejected: User unknown in relay recipient table; from=<a@good.test> to=<who@relay.test> proto=ESMTP helo=<good.test>"]),
+        d("listed relay recipient", "relay_domains = relay.test\nrelay_recipient_maps = inline:{ known@relay.test=x }", "192.0.2.1", "good.test", "a@good.test", "known@relay.test",
+          "250 2.1.5", &[]),
         d("relay denied", "", "192.0.2.1", "good.test", "a@good.test", "x@elsewhere.example",
           "554 5.7.1 <x@elsewhere.example>: Relay access denied", &["NOQUEUE: reject: RCPT from mail.good.test[192.0.2.1]: 554 5.7.1 <x@elsewhere.example>: Relay access denied; from=<a@good.test> to=<x@elsewhere.example> proto=ESMTP helo=<good.test>"]),
     ]
@@ -381,6 +430,44 @@ async fn restrictions_and_access_actions_table() {
             _ => assert!(run.queued.is_empty(), "{}", row.name),
         }
     }
+}
+
+#[tokio::test]
+async fn unlisted_sender_never_refuses_the_null_sender() {
+    let conf = format!(
+        "{}\nsmtpd_reject_unlisted_sender = yes\nsmtpd_sender_restrictions = reject_unlisted_sender\nlocal_recipient_maps = inline:{{ bob=x }}\nalias_maps =",
+        relay()
+    );
+    let run = session(
+        &conf,
+        "192.0.2.1",
+        &[
+            ("EHLO good.test", "250 "),
+            ("MAIL FROM:<>", "250 2.1.0"),
+            ("RCPT TO:<test@exemple.fr>", "250 2.1.5"),
+            ("DATA", "354"),
+            ("<BODY>", "250 2.0.0 Ok: queued as ID0001"),
+            ("QUIT", "221"),
+        ],
+    )
+    .await;
+    assert_eq!(run.queued.len(), 1);
+    assert!(!run.log.contains("reject"), "{}", run.log);
+
+    // smtpd_delay_reject = no: the sender is checked at MAIL FROM, <> still passes.
+    let run = session(
+        &format!("{conf}\nsmtpd_delay_reject = no"),
+        "192.0.2.1",
+        &[
+            ("EHLO good.test", "250 "),
+            ("MAIL FROM:<ghost@mx.relais.test>", "550 5.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table"),
+            ("MAIL FROM:<>", "250 2.1.0"),
+            ("RCPT TO:<test@exemple.fr>", "250 2.1.5"),
+            ("QUIT", "221"),
+        ],
+    )
+    .await;
+    assert!(run.log.contains("NOQUEUE: reject: MAIL from mail.good.test[192.0.2.1]: 550 5.1.0 <ghost@mx.relais.test>: Sender address rejected: User unknown in local recipient table;"), "{}", run.log);
 }
 
 /// A name server on loopback that answers every query with SERVFAIL.

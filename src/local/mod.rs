@@ -34,7 +34,9 @@
 //!
 //!   Every mailbox or file written gets `Return-Path:` and `Delivered-To:`. One recipient's
 //!   outcome combines its destinations: any deferral defers it (the whole recipient is tried
-//!   again), else any bounce bounces it (the notice names the failing member), else sent.
+//!   again), else any bounce bounces it (the notice's reason names the failing member), else
+//!   sent. As in Postfix, each destination is logged on its own line under the address it
+//!   was expanded to, with the queue's recipient as orig_to.
 //!
 //! QUEUES
 //!   Forwarded mail is committed to incoming (durably, before the recipient is recorded as
@@ -42,6 +44,8 @@
 //!
 //! MESSAGES
 //!   Sends `delivery::agent::Deliver` to the mailbox_transport / fallback_transport agent.
+//!   Logs `ID: to=<member>, orig_to=<recipient>, relay=local, delay=…, dsn=…, status=…
+//!   (delivered to maildir | forwarded as ID | unknown user: "user" | …)` per destination.
 //!
 //! SECURITY
 //!   Mailbox paths are built from the administrator's settings and a user name that may not
@@ -221,7 +225,27 @@ enum Action {
         nexthop: String,
         rcpt: String,
     },
-    Fail(Outcome),
+    /// `rcpt`: the address that failed (an alias member, or the recipient itself).
+    Fail {
+        rcpt: String,
+        outcome: Outcome,
+    },
+}
+
+impl Action {
+    /// The address this destination is logged under (`to=<…>`), as Postfix's local(8) logs
+    /// each alias member with the expanded address and the original as `orig_to`.
+    fn rcpt(&self) -> &str {
+        match self {
+            Action::Maildir { rcpt, .. }
+            | Action::Mbox { rcpt, .. }
+            | Action::File { rcpt, .. }
+            | Action::Command { rcpt, .. }
+            | Action::Pass { rcpt, .. }
+            | Action::Fail { rcpt, .. } => rcpt,
+            Action::Forward { addr, .. } => addr,
+        }
+    }
 }
 
 /// Alias expansion and user lookup for one recipient: pure decisions, blocking lookups.
@@ -242,12 +266,22 @@ impl Expander<'_> {
     fn push(&mut self, a: Action) {
         if self.out.len() < MAX_DESTINATIONS {
             self.out.push(a);
-        } else if !self.out.iter().any(|a| matches!(a, Action::Fail(_))) {
-            self.out.push(Action::Fail(Outcome::bounced(
-                "5.3.0",
-                format!("alias expansion produced more than {MAX_DESTINATIONS} destinations"),
-            )));
+        } else if !self.out.iter().any(|a| matches!(a, Action::Fail { .. })) {
+            self.out.push(Action::Fail {
+                rcpt: a.rcpt().to_string(),
+                outcome: Outcome::bounced(
+                    "5.3.0",
+                    format!("alias expansion produced more than {MAX_DESTINATIONS} destinations"),
+                ),
+            });
         }
+    }
+
+    fn fail(&mut self, rcpt: &str, outcome: Outcome) {
+        self.push(Action::Fail {
+            rcpt: rcpt.to_string(),
+            outcome,
+        });
     }
 
     fn lookup_alias(&self, key: &str) -> Result<Option<String>, LocalError> {
@@ -260,17 +294,22 @@ impl Expander<'_> {
     /// Delivers `addr` (a local address) at nesting `depth`.
     fn recipient(&mut self, addr: &str, depth: usize, no_alias: bool) {
         if depth > MAX_DEPTH {
-            self.push(Action::Fail(Outcome::bounced(
-                "5.4.6",
-                format!("alias expansion of {addr} is nested too deeply (mail forwarding loop?)"),
-            )));
+            self.fail(
+                addr,
+                Outcome::bounced(
+                    "5.4.6",
+                    format!(
+                        "alias expansion of {addr} is nested too deeply (mail forwarding loop?)"
+                    ),
+                ),
+            );
             return;
         }
         if maildir::is_loop(self.content, addr) {
-            self.push(Action::Fail(Outcome::bounced(
-                "5.4.6",
-                format!("mail forwarding loop for {addr}"),
-            )));
+            self.fail(
+                addr,
+                Outcome::bounced("5.4.6", format!("mail forwarding loop for {addr}")),
+            );
             return;
         }
         let (local, domain) = addr.rsplit_once('@').unwrap_or((addr, ""));
@@ -292,10 +331,10 @@ impl Expander<'_> {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        self.push(Action::Fail(Outcome::deferred(
-                            "4.3.0",
-                            format!("alias lookup of {k}: {e}"),
-                        )));
+                        self.fail(
+                            addr,
+                            Outcome::deferred("4.3.0", format!("alias lookup of {k}: {e}")),
+                        );
                         return;
                     }
                 }
@@ -356,7 +395,7 @@ impl Expander<'_> {
                         domain: domain.to_string(),
                     });
                 } else {
-                    self.push(Action::Fail(Outcome::bounced("5.7.1", format!("mail to command is restricted (allow_mail_to_commands does not list {class}): {m}"))));
+                    self.fail(alias, Outcome::bounced("5.7.1", format!("mail to command is restricted (allow_mail_to_commands does not list {class}): {m}")));
                 }
             } else if let Some(path) = m.strip_prefix(":include:") {
                 self.include(path.trim(), alias, depth, owner, ext);
@@ -367,7 +406,7 @@ impl Expander<'_> {
                         rcpt: alias.to_string(),
                     });
                 } else {
-                    self.push(Action::Fail(Outcome::bounced("5.7.1", format!("mail to file is restricted (allow_mail_to_files does not list {class}): {m}"))));
+                    self.fail(alias, Outcome::bounced("5.7.1", format!("mail to file is restricted (allow_mail_to_files does not list {class}): {m}")));
                 }
             } else if let Some(user) = m.strip_prefix('\\') {
                 let a = self.rw.canonicalize(user);
@@ -406,17 +445,20 @@ impl Expander<'_> {
         ext: &str,
     ) {
         if !path.starts_with('/') {
-            self.push(Action::Fail(Outcome::bounced(
-                "5.3.5",
-                format!(":include: file name must be absolute: {path}"),
-            )));
+            self.fail(
+                alias,
+                Outcome::bounced(
+                    "5.3.5",
+                    format!(":include: file name must be absolute: {path}"),
+                ),
+            );
             return;
         }
         if depth >= MAX_DEPTH {
-            self.push(Action::Fail(Outcome::bounced(
-                "5.4.6",
-                format!(":include:{path} is nested too deeply"),
-            )));
+            self.fail(
+                alias,
+                Outcome::bounced("5.4.6", format!(":include:{path} is nested too deeply")),
+            );
             return;
         }
         let text = match std::fs::metadata(path) {
@@ -437,20 +479,23 @@ impl Expander<'_> {
                 self.members(&list, alias, "include", depth + 1, owner, ext);
             }
             // A missing or unreadable list is a configuration problem: keep the mail.
-            Err(e) => self.push(Action::Fail(Outcome::deferred(
-                "4.3.0",
-                format!("cannot open include file {path}: {e}"),
-            ))),
+            Err(e) => self.fail(
+                alias,
+                Outcome::deferred("4.3.0", format!("cannot open include file {path}: {e}")),
+            ),
         }
     }
 
     /// A hand-over to another agent; never back to this one (that would loop forever).
     fn pass(&mut self, transport: &str, nexthop: &str, addr: &str, param: &str) {
         if transport == self.s.service {
-            self.push(Action::Fail(Outcome::deferred(
-                "4.3.5",
-                format!("{param} names the local transport itself ({transport})"),
-            )));
+            self.fail(
+                addr,
+                Outcome::deferred(
+                    "4.3.5",
+                    format!("{param} names the local transport itself ({transport})"),
+                ),
+            );
         } else {
             self.push(Action::Pass {
                 transport: transport.to_string(),
@@ -463,10 +508,10 @@ impl Expander<'_> {
     /// Step 3 and 4: a user's mailbox, or the unknown-user handling.
     fn user(&mut self, addr: &str, base: &str, ext: &str, domain: &str) {
         if base.is_empty() || base.contains('/') || base.starts_with('.') || base.contains('\0') {
-            self.push(Action::Fail(Outcome::bounced(
-                "5.1.3",
-                format!("unsafe local user name: \"{base}\""),
-            )));
+            self.fail(
+                addr,
+                Outcome::bounced("5.1.3", format!("unsafe local user name: \"{base}\"")),
+            );
             return;
         }
         let known = if self.s.recipients.is_empty() {
@@ -477,10 +522,13 @@ impl Expander<'_> {
         let known = match known {
             Ok(k) => k.is_some(),
             Err(e) => {
-                self.push(Action::Fail(Outcome::deferred(
-                    "4.3.0",
-                    format!("local_recipient_maps lookup of {base}: {e}"),
-                )));
+                self.fail(
+                    addr,
+                    Outcome::deferred(
+                        "4.3.0",
+                        format!("local_recipient_maps lookup of {base}: {e}"),
+                    ),
+                );
                 return;
             }
         };
@@ -509,14 +557,14 @@ impl Expander<'_> {
                 return;
             }
             let Some(home) = home else {
-                self.push(Action::Fail(Outcome::deferred("4.3.0", format!("no home directory for {base}: not in the password database and local_mailbox_base is not set"))));
+                self.fail(addr, Outcome::deferred("4.3.0", format!("no home directory for {base}: not in the password database and local_mailbox_base is not set")));
                 return;
             };
             if hm.split('/').any(|c| c == "..") {
-                self.push(Action::Fail(Outcome::deferred(
-                    "4.3.5",
-                    format!("unsafe home_mailbox {hm}"),
-                )));
+                self.fail(
+                    addr,
+                    Outcome::deferred("4.3.5", format!("unsafe home_mailbox {hm}")),
+                );
                 return;
             }
             let path = home.join(hm.trim_start_matches('/'));
@@ -554,10 +602,13 @@ impl Expander<'_> {
             }
             let a = self.rw.canonicalize(&v);
             if a.eq_ignore_ascii_case(addr) {
-                self.push(Action::Fail(Outcome::bounced(
-                    "5.4.6",
-                    format!("luser_relay {a} points back to the unknown user"),
-                )));
+                self.fail(
+                    addr,
+                    Outcome::bounced(
+                        "5.4.6",
+                        format!("luser_relay {a} points back to the unknown user"),
+                    ),
+                );
             } else {
                 self.push(Action::Forward {
                     addr: a,
@@ -565,10 +616,10 @@ impl Expander<'_> {
                 });
             }
         } else {
-            self.push(Action::Fail(Outcome::bounced(
-                "5.1.1",
-                format!("unknown user: \"{base}\""),
-            )));
+            self.fail(
+                addr,
+                Outcome::bounced("5.1.1", format!("unknown user: \"{base}\"")),
+            );
         }
     }
 }
@@ -704,20 +755,39 @@ impl Transport for LocalTransport {
                 let actions = tokio::task::spawn_blocking(move || plan(&s2, &rw2, &content, &addr))
                     .await
                     .unwrap_or_else(|e| {
-                        vec![Action::Fail(Outcome::deferred(
-                            "4.3.0",
-                            format!("local delivery failed: {e}"),
-                        ))]
+                        vec![Action::Fail {
+                            rcpt: r.address.clone(),
+                            outcome: Outcome::deferred(
+                                "4.3.0",
+                                format!("local delivery failed: {e}"),
+                            ),
+                        }]
                     });
-                // A recipient handed whole to another agent is logged by that agent.
-                let only_pass =
-                    !actions.is_empty() && actions.iter().all(|a| matches!(a, Action::Pass { .. }));
+                // Each destination is logged under its own address, with the queue's
+                // recipient as orig_to, as Postfix's local(8) does (`to=<bob@…>,
+                // orig_to=<postmaster@…>`); a hand-over to another agent is logged by that
+                // agent.
+                let orig = if r.original.is_empty() {
+                    r.address.clone()
+                } else {
+                    r.original.clone()
+                };
+                let log_as = |dest: &str, o: &Outcome| {
+                    let shown = JobRcpt {
+                        address: dest.to_string(),
+                        original: orig.clone(),
+                        ..r.clone()
+                    };
+                    log_outcome(&job, &shown, "local", started, o);
+                };
                 let mut outs = Vec::new();
                 // Forwarded addresses go out as one new message per envelope sender.
                 let mut forwards: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for a in actions {
+                    let dest = a.rcpt().to_string();
+                    let passed = matches!(a, Action::Pass { .. });
                     let o = match a {
-                        Action::Fail(o) => o,
+                        Action::Fail { outcome, .. } => outcome,
                         Action::Forward { addr, owner } => {
                             let sender = match owner {
                                 Some(o) if !job.sender.is_empty() => o,
@@ -833,14 +903,22 @@ impl Transport for LocalTransport {
                             rcpt,
                         } => pass(&agents, &job, r, transport, nexthop, rcpt).await,
                     };
+                    if !passed {
+                        log_as(&dest, &o);
+                    }
                     outs.push(o);
                 }
                 for (sender, addrs) in forwards {
-                    outs.push(forward(&queue, &job, r, sender, addrs).await);
+                    let o = forward(&queue, &job, r, sender, addrs.clone()).await;
+                    for a in &addrs {
+                        log_as(a, &o);
+                    }
+                    outs.push(o);
                 }
+                let nothing = outs.is_empty();
                 let o = combine(outs);
-                if !only_pass {
-                    log_outcome(&job, r, "local", started, &o);
+                if nothing {
+                    log_as(&r.address, &o);
                 }
                 out.push((r.index, o));
             }

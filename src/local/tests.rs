@@ -125,12 +125,18 @@ fn unknown_users_loops_and_restrictions() {
     let e = std_env("");
     let p = plan_of(&e, "nobody@mail.example", b"");
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Bounced { dsn, reason })] if dsn == "5.1.1" && reason == "unknown user: \"nobody\""),
+        matches!(&p[..], [Action::Fail { outcome: Outcome::Bounced { dsn, reason }, .. }] if dsn == "5.1.1" && reason == "unknown user: \"nobody\""),
         "{p:?}"
     );
     let p = plan_of(&e, "loopy@mail.example", b"");
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Bounced { .. })]),
+        matches!(
+            &p[..],
+            [Action::Fail {
+                outcome: Outcome::Bounced { .. },
+                ..
+            }]
+        ),
         "{p:?}"
     );
     let p = plan_of(
@@ -139,7 +145,7 @@ fn unknown_users_loops_and_restrictions() {
         b"Delivered-To: bob@mail.example\r\n\r\nx\r\n",
     );
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Bounced { dsn, .. })] if dsn == "5.4.6"),
+        matches!(&p[..], [Action::Fail { outcome: Outcome::Bounced { dsn, .. }, .. }] if dsn == "5.4.6"),
         "{p:?}"
     );
     // Commands and files allowed for aliases by default…
@@ -155,17 +161,17 @@ fn unknown_users_loops_and_restrictions() {
     let e = std_env("allow_mail_to_commands = forward\nallow_mail_to_files =\n");
     let p = plan_of(&e, "pipe@mail.example", b"");
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Bounced { reason, .. })] if reason.contains("mail to command is restricted")),
+        matches!(&p[..], [Action::Fail { outcome: Outcome::Bounced { reason, .. }, .. }] if reason.contains("mail to command is restricted")),
         "{p:?}"
     );
     let p = plan_of(&e, "file@mail.example", b"");
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Bounced { reason, .. })] if reason.contains("mail to file is restricted")),
+        matches!(&p[..], [Action::Fail { outcome: Outcome::Bounced { reason, .. }, .. }] if reason.contains("mail to file is restricted")),
         "{p:?}"
     );
     // Unsafe user names never become paths.
     let p = plan_of(&e, "../etc@mail.example", b"");
-    assert!(matches!(&p[..], [Action::Fail(_)]), "{p:?}");
+    assert!(matches!(&p[..], [Action::Fail { .. }]), "{p:?}");
 }
 
 #[test]
@@ -199,7 +205,13 @@ fn luser_relay_fallback_and_mailbox_transport() {
     let e = std_env("mailbox_transport = local\n");
     let p = plan_of(&e, "bob@mail.example", b"");
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Deferred { .. })]),
+        matches!(
+            &p[..],
+            [Action::Fail {
+                outcome: Outcome::Deferred { .. },
+                ..
+            }]
+        ),
         "{p:?}"
     );
     // Empty home_mailbox: the mail spool's mbox file.
@@ -233,7 +245,13 @@ fn passwd_users_without_local_mailbox_base() {
     );
     let p = plan_of(&e, "no-such-user-relais@localhost", b"");
     assert!(
-        matches!(&p[..], [Action::Fail(Outcome::Bounced { .. })]),
+        matches!(
+            &p[..],
+            [Action::Fail {
+                outcome: Outcome::Bounced { .. },
+                ..
+            }]
+        ),
         "{p:?}"
     );
 }

@@ -99,15 +99,18 @@
 //!     defer_code (450), invalid_hostname_reject_code (501), maps_rbl_reject_code (554),
 //!     non_fqdn_reject_code (504), rbl_reply_maps, reject_code (554),
 //!     reject_tempfail_action (defer_if_permit), relay_domains_reject_code (554),
-//!     smtpd_client_restrictions, smtpd_data_restrictions, smtpd_delay_reject (yes),
-//!     smtpd_end_of_data_restrictions, smtpd_etrn_restrictions, smtpd_helo_restrictions,
-//!     smtpd_policy_service_{default_action,max_idle,max_ttl,policy_context,request_limit,
-//!     retry_delay,timeout,try_limit}, smtpd_recipient_restrictions, smtpd_reject_footer,
-//!     smtpd_reject_unlisted_recipient (yes), smtpd_relay_restrictions,
+//!     relay_recipient_maps (), smtpd_client_restrictions, smtpd_data_restrictions,
+//!     smtpd_delay_reject (yes), smtpd_end_of_data_restrictions, smtpd_etrn_restrictions,
+//!     smtpd_helo_restrictions, smtpd_policy_service_{default_action,max_idle,max_ttl,
+//!     policy_context,request_limit,retry_delay,timeout,try_limit},
+//!     smtpd_recipient_restrictions, smtpd_reject_footer, smtpd_reject_unlisted_recipient
+//!     (yes), smtpd_reject_unlisted_sender (no), smtpd_relay_restrictions,
 //!     smtpd_restriction_classes, smtpd_sender_restrictions, unknown_address_reject_code (450),
 //!     unknown_address_tempfail_action, unknown_client_reject_code (450),
 //!     unknown_helo_hostname_tempfail_action, unknown_hostname_reject_code (450),
-//!     unknown_virtual_mailbox_reject_code (550), relais_dns_servers
+//!     unknown_local_recipient_reject_code (550), unknown_relay_recipient_reject_code (550),
+//!     unknown_virtual_alias_reject_code (550), unknown_virtual_mailbox_reject_code (550),
+//!     relais_dns_servers
 //!     disable_vrfy_command (no)
 //!     fast_flush_domains ($relay_domains)
 //!     line_length_limit (2048)

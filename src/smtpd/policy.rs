@@ -12,7 +12,7 @@
 //! permit_inet_interfaces, permit_sasl_authenticated, reject_unauth_destination,
 //! defer_unauth_destination, reject_non_fqdn_{recipient,sender,helo_hostname},
 //! reject_invalid_helo_hostname, reject_unknown_{helo_hostname,sender_domain,recipient_domain,
-//! client_hostname,reverse_client_hostname}, reject_unlisted_recipient, reject_rbl_client,
+//! client_hostname,reverse_client_hostname}, reject_unlisted_{recipient,sender}, reject_rbl_client,
 //! reject_rhsbl_{client,reverse_client,sender,helo,recipient}, permit_dnswl_client,
 //! permit_rhswl_client, the reject_*_sender_login_mismatch family (in `login.rs`),
 //! check_{client,reverse_client_hostname,helo,sender,recipient}_access,
@@ -20,8 +20,13 @@
 //! smtpd_restriction_classes. access(5) results: OK/RELAY, REJECT, DEFER, NNN text, DUNNO,
 //! DEFER_IF_PERMIT, DEFER_IF_REJECT, DISCARD, HOLD, REDIRECT, FILTER, PREPEND, BCC, WARN, INFO,
 //! and restriction names or classes. Other restrictions are named in a warning when the
-//! service starts and skipped. After the lists, smtpd_reject_unlisted_recipient refuses
-//! unknown users of local and virtual domains.
+//! service starts and skipped. smtpd_reject_unlisted_sender (after the sender list) and
+//! smtpd_reject_unlisted_recipient (after the recipient lists) apply reject_unlisted_sender /
+//! _recipient implicitly: an address of a local, virtual alias, virtual mailbox or relay
+//! domain that local_recipient_maps, virtual_alias_maps, virtual_mailbox_maps or
+//! relay_recipient_maps does not list (or that resolves to the error transport) is refused
+//! with that class's unknown_*_reject_code, as Postfix's smtpd does. The null sender is
+//! never refused this way.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -171,6 +176,7 @@ const BUILTIN: &[&str] = &[
     "reject_unknown_client",
     "reject_unknown_reverse_client_hostname",
     "reject_unlisted_recipient",
+    "reject_unlisted_sender",
     "reject_rbl_client",
     "reject_rhsbl_client",
     "reject_rhsbl_reverse_client",
@@ -349,7 +355,10 @@ pub struct Policy {
     rewriter: Arc<Rewriter>,
     dns: Option<Arc<Dns>>,
     delay_reject: bool,
-    reject_unlisted: bool,
+    reject_unlisted_recipient: bool,
+    reject_unlisted_sender: bool,
+    relay_recipient_maps: Maps,
+    double_bounce_sender: String,
     parent_matches_sub: bool,
     delimiters: String,
     reject_code: u16,
@@ -359,7 +368,10 @@ pub struct Policy {
     relay_reject_code: u16,
     non_fqdn_code: u16,
     invalid_hostname_code: u16,
-    unlisted_code: u16,
+    unknown_local_code: u16,
+    unknown_virtual_alias_code: u16,
+    unknown_virtual_mailbox_code: u16,
+    unknown_relay_code: u16,
     unknown_client_code: u16,
     unknown_hostname_code: u16,
     unknown_address_code: u16,
@@ -400,6 +412,30 @@ fn fix_dsn(code: u16, dsn: &str) -> String {
         Some((_, rest)) => format!("{class}.{rest}"),
         None => format!("{class}.7.1"),
     }
+}
+
+/// An address status code made to fit the address refused (Postfix's smtpd_dsn_fix): x.1.y
+/// codes become their sender equivalent (x.1.7, x.1.8, x.1.0) when a sender is refused and
+/// their recipient equivalent (x.1.1 to x.1.6, x.1.0) when a recipient is; others stay.
+fn address_dsn(dsn: &str, sender: bool) -> String {
+    let Some(detail) = dsn
+        .strip_prefix(|c: char| c.is_ascii_digit())
+        .and_then(|r| r.strip_prefix(".1."))
+    else {
+        return dsn.to_string();
+    };
+    let (for_sender, for_rcpt) = match detail {
+        "1" | "4" | "6" => ("7", detail),
+        "2" | "8" => ("8", "2"),
+        "3" | "7" => ("7", "3"),
+        "5" => ("0", "5"),
+        _ => ("0", "0"),
+    };
+    format!(
+        "{}.1.{}",
+        &dsn[..1],
+        if sender { for_sender } else { for_rcpt }
+    )
 }
 
 fn is_dsn(d: &str) -> bool {
@@ -540,6 +576,8 @@ impl Policy {
                     .map_err(|e| PolicyError::Config(format!("rbl_reply_maps: {e}")))?,
             )
         };
+        let relay_recipient_maps = Maps::open(&cfg.get_list("relay_recipient_maps"))
+            .map_err(|e| PolicyError::Config(format!("relay_recipient_maps: {e}")))?;
         // The reply template keeps its $rbl_* macros for expansion at reply time.
         let default_rbl_reply = cfg.raw("default_rbl_reply").unwrap_or_default();
         let code = |n: &str, d: u16| u16::try_from(cfg.get_int(n)).unwrap_or(d);
@@ -563,7 +601,10 @@ impl Policy {
             rewriter,
             dns: None,
             delay_reject: cfg.get_bool("smtpd_delay_reject"),
-            reject_unlisted: cfg.get_bool("smtpd_reject_unlisted_recipient"),
+            reject_unlisted_recipient: cfg.get_bool("smtpd_reject_unlisted_recipient"),
+            reject_unlisted_sender: cfg.get_bool("smtpd_reject_unlisted_sender"),
+            relay_recipient_maps,
+            double_bounce_sender: cfg.get("double_bounce_sender"),
             parent_matches_sub: cfg
                 .get_list("parent_domain_matches_subdomains")
                 .iter()
@@ -576,7 +617,10 @@ impl Policy {
             relay_reject_code: code("relay_domains_reject_code", 554),
             non_fqdn_code: code("non_fqdn_reject_code", 504),
             invalid_hostname_code: code("invalid_hostname_reject_code", 501),
-            unlisted_code: code("unknown_virtual_mailbox_reject_code", 550),
+            unknown_local_code: code("unknown_local_recipient_reject_code", 550),
+            unknown_virtual_alias_code: code("unknown_virtual_alias_reject_code", 550),
+            unknown_virtual_mailbox_code: code("unknown_virtual_mailbox_reject_code", 550),
+            unknown_relay_code: code("unknown_relay_recipient_reject_code", 550),
             unknown_client_code: code("unknown_client_reject_code", 450),
             unknown_hostname_code: code("unknown_hostname_reject_code", 450),
             unknown_address_code: code("unknown_address_reject_code", 450),
@@ -679,13 +723,31 @@ impl Policy {
             if ev.discard {
                 return ev.finish(None);
             }
+            // As Postfix's smtpd_check_mail: the implicit sender check follows the sender
+            // list, whatever that list decided short of a refusal.
+            if stage == Stage::Sender {
+                if let Some(r) = self.unlisted_sender(ctx) {
+                    return ev.finish(Some(r));
+                }
+            }
         }
-        if self.reject_unlisted {
-            if let Some(r) = self.unlisted(ctx.rcpt) {
+        if self.reject_unlisted_recipient {
+            if let Some(r) = self.unlisted(ctx.rcpt, Stage::Recipient) {
                 return ev.finish(Some(r));
             }
         }
         ev.finish(None)
+    }
+
+    /// smtpd_reject_unlisted_sender: reject_unlisted_sender after the sender restrictions,
+    /// never for the null sender.
+    fn unlisted_sender(&self, ctx: &Ctx<'_>) -> Option<String> {
+        match ctx.sender {
+            Some(s) if self.reject_unlisted_sender && !s.is_empty() => {
+                self.unlisted(s, Stage::Sender)
+            }
+            _ => None,
+        }
     }
 
     /// The decision for one recipient, as a verdict (tests, `relais check` style callers).
@@ -708,10 +770,15 @@ impl Policy {
             CheckPoint::Etrn => (&self.etrn, Stage::Etrn),
         };
         let mut ev = Eval::default();
-        match self.eval(list, stage, ctx, &mut ev, 0).await {
-            Decision::Reject(r) => ev.finish(Some(r)),
-            _ => ev.finish(None),
+        if let Decision::Reject(r) = self.eval(list, stage, ctx, &mut ev, 0).await {
+            return ev.finish(Some(r));
         }
+        if at == CheckPoint::Mail && !ev.discard {
+            if let Some(r) = self.unlisted_sender(ctx) {
+                return ev.finish(Some(r));
+            }
+        }
+        ev.finish(None)
     }
 
     fn subject(&self, stage: Stage, ctx: &Ctx) -> (String, &'static str) {
@@ -981,11 +1048,18 @@ impl Policy {
                     }
                 },
                 "reject_unlisted_recipient" if !ctx.rcpt.is_empty() => {
-                    match self.unlisted(ctx.rcpt) {
+                    match self.unlisted(ctx.rcpt, Stage::Recipient) {
                         Some(t) => Decision::Reject(t),
                         None => Decision::Dunno,
                     }
                 }
+                "reject_unlisted_sender" => match ctx.sender {
+                    Some(s) if !s.is_empty() => match self.unlisted(s, Stage::Sender) {
+                        Some(t) => Decision::Reject(t),
+                        None => Decision::Dunno,
+                    },
+                    _ => Decision::Dunno,
+                },
                 "reject_rbl_client" | "permit_dnswl_client" => {
                     let Some(ip) = parse_ip(ctx.client_addr) else {
                         return Decision::Dunno;
@@ -1593,37 +1667,105 @@ impl Policy {
         }
     }
 
-    /// Unknown users of local, virtual mailbox and virtual alias domains are refused at RCPT.
-    fn unlisted(&self, rcpt: &str) -> Option<String> {
-        let disp = format!("<{rcpt}>");
-        let expanded = match self.rewriter.expand(rcpt) {
+    /// reject_unlisted_recipient and reject_unlisted_sender (`stage` says which address is
+    /// checked): as Postfix's smtpd, an address that resolves to the error transport is
+    /// refused with its text; otherwise one of a local, virtual mailbox or relay domain must be
+    /// listed in local_recipient_maps, virtual_mailbox_maps or relay_recipient_maps (an empty
+    /// relay_recipient_maps lists everyone). Virtual aliases are expanded first and each
+    /// result is checked. The enhanced code is x.1.1 for a recipient, x.1.0 for a sender
+    /// (x.1.7 for an unknown virtual alias sender, from the error transport's 5.1.1).
+    fn unlisted(&self, addr: &str, stage: Stage) -> Option<String> {
+        let sender = stage == Stage::Sender;
+        let what = if sender {
+            "Sender address"
+        } else {
+            "Recipient address"
+        };
+        let disp = format!("<{addr}>");
+        let temp = |e: &dyn std::fmt::Display| {
+            Some(format!("451 4.3.0 {disp}: Temporary lookup failure ({e})"))
+        };
+        let unknown = |code: u16, table: &str| {
+            let dsn = fix_dsn(code, if sender { "5.1.0" } else { "5.1.1" });
+            Some(ascii(&format!(
+                "{code} {dsn} {disp}: {what} rejected: User unknown in {table}"
+            )))
+        };
+        let expanded = match self.rewriter.expand(addr) {
             Ok(v) => v,
-            Err(e) => return Some(format!("451 4.3.0 {disp}: Temporary lookup failure ({e})")),
+            Err(e) => return temp(&e),
         };
         for a in expanded {
-            match self.rewriter.resolve(&a) {
-                // Unknown local users (local_recipient_maps), as Postfix's smtpd refuses them.
-                Ok(res) if res.class == Class::Local => match self.rewriter.local_user_known(&res.address) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Some(format!(
-                            "550 5.1.1 {disp}: Recipient address rejected: User unknown in local recipient table"
-                        ))
+            let res = match self.rewriter.resolve(&a) {
+                Ok(r) => r,
+                Err(e) => return temp(&e),
+            };
+            // The resolver sends unknown virtual mailbox users to the error transport;
+            // Postfix's smtpd finds them with its own virtual_mailbox_maps lookup.
+            if res.class == Class::VirtualMailbox {
+                match self.rewriter.mailbox_of(&res.address) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return unknown(self.unknown_virtual_mailbox_code, "virtual mailbox table")
                     }
-                    Err(e) => return Some(format!("451 4.3.0 {disp}: Temporary lookup failure ({e})")),
-                },
-                Ok(res) if res.transport == "error" && res.nexthop.starts_with("5.1.1 ") => {
-                    let text = res.nexthop.trim_start_matches("5.1.1 ");
-                    return Some(format!(
-                        "{} 5.1.1 {disp}: Recipient address rejected: {text}",
-                        self.unlisted_code
-                    ));
+                    Err(e) => return temp(&e),
                 }
-                Ok(_) => {}
-                Err(e) => return Some(format!("451 4.3.0 {disp}: Temporary lookup failure ({e})")),
+            }
+            if res.transport == "error" {
+                let (dsn, text) = dsn_split(&res.nexthop);
+                let dsn = address_dsn(
+                    dsn.unwrap_or(if sender { "5.1.0" } else { "5.1.1" }),
+                    sender,
+                );
+                let code = if res.class == Class::VirtualAlias {
+                    self.unknown_virtual_alias_code
+                } else {
+                    550
+                };
+                return Some(ascii(&format!(
+                    "{code} {} {disp}: {what} rejected: {text}",
+                    fix_dsn(code, &dsn)
+                )));
+            }
+            match res.class {
+                Class::Local if !self.always_local(&res.address) => {
+                    match self.rewriter.local_user_known(&res.address) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return unknown(self.unknown_local_code, "local recipient table")
+                        }
+                        Err(e) => return temp(&e),
+                    }
+                }
+                Class::Relay if !self.relay_recipient_maps.is_empty() => {
+                    match self
+                        .rewriter
+                        .find_address(&self.relay_recipient_maps, &res.address)
+                    {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            return unknown(self.unknown_relay_code, "relay recipient table")
+                        }
+                        Err(e) => return temp(&e),
+                    }
+                }
+                _ => {}
             }
         }
         None
+    }
+
+    /// Local addresses Postfix's smtpd never refuses as unlisted: the double-bounce sender
+    /// (bounces it generates are absorbed by qmgr), postmaster and MAILER-DAEMON.
+    fn always_local(&self, addr: &str) -> bool {
+        let local = addr.rsplit_once('@').map(|(l, _)| l).unwrap_or(addr);
+        [
+            self.double_bounce_sender.as_str(),
+            "postmaster",
+            "MAILER-DAEMON",
+        ]
+        .iter()
+        .any(|n| local.eq_ignore_ascii_case(n))
     }
 }
 

@@ -435,12 +435,17 @@ impl Rewriter {
     /// Whether a virtual mailbox recipient exists (virtual_mailbox_maps, with the address
     /// extension stripped as a fallback, then `@domain`).
     pub fn mailbox_of(&self, addr: &str) -> Result<Option<String>, RewriteError> {
+        self.find_address(&self.virtual_mailbox_maps, addr)
+    }
+
+    /// An address looked up in `maps` as Postfix does for non-local domains:
+    /// `user+ext@domain`, then `user@domain`, then `@domain` (relay_recipient_maps too).
+    pub fn find_address(&self, maps: &Maps, addr: &str) -> Result<Option<String>, RewriteError> {
         let Some((local, domain)) = addr.rsplit_once('@') else {
             return Ok(None);
         };
         let look = |k: &str| {
-            self.virtual_mailbox_maps
-                .lookup(k)
+            maps.lookup(k)
                 .map_err(|e| RewriteError::Temporary(e.to_string()))
         };
         if let Some(v) = look(addr)? {
