@@ -16,7 +16,7 @@
 //!   It adds Postfix's Received:
 //!   header with the queue ID, and adds Date:, Message-ID: and From: where missing for local
 //!   submissions (and remote ones with always_add_missing_headers). It then writes the queue
-//!   record in one durable transaction and only then answers the submitter, who only then
+//!   record in one durable change and only then answers the submitter, who only then
 //!   answers 250 to its client.
 //!
 //! QUEUES

@@ -577,7 +577,7 @@ impl Qmgr {
             let done = msg.outstanding == 0;
             if done && all_sent_quietly(&msg.record, &msg.outcomes) {
                 // The common case: every recipient delivered, no notice to send. `finish`
-                // removes the message with one flushed transaction; recording the outcomes
+                // removes the message with one flushed change; recording the outcomes
                 // first would only add a flush.
                 self.finish(ctx, id);
                 self.pump(ctx);

@@ -11,7 +11,8 @@
 //!   Every message is one record (envelope, origin, metadata; bincode 2) plus its content,
 //!   stored in a separate tree so that status updates never rewrite the body. The record's
 //!   queue (state) is one of Postfix's queue names. Every state change goes through
-//!   [`Queue::transition`], one transaction each.
+//!   [`Queue::transition`], each atomic: one commit point, the write of the record
+//!   (see [`spool::SledSpool`] for why not sled transactions).
 //!
 //!   Durability: `commit` returns only after a flush that started after the write completed;
 //!   `transition` and `delete` likewise flush a change before returning it.
@@ -543,7 +544,7 @@ impl Queue {
     }
 
     /// The one place where a message changes queue or record: if it is in one of `from`,
-    /// `edit` may change the record, and it moves to `to` — one transaction. Returns the
+    /// `edit` may change the record, and it moves to `to` — one atomic change. Returns the
     /// message as it was before, or None if it is absent, in another queue, or corrupt.
     pub async fn transition(
         &self,
@@ -556,7 +557,7 @@ impl Queue {
     }
 
     /// The queue manager takes a message from incoming or deferred into active. Same
-    /// transaction as [`transition`](Self::transition), but not flushed: if a crash loses
+    /// atomic change as [`transition`](Self::transition), but not flushed: if a crash loses
     /// the move, the message is still in incoming or deferred, and if it does not, recovery
     /// moves active back to incoming — either way the next scan finds it. Saving this flush
     /// leaves one flush per delivered message (its removal).
@@ -656,7 +657,7 @@ impl Queue {
 
     /// Re-injection under a new queue ID, as pickup does for maildrop (Postfix logs
     /// `NEWID: ... orig_id=OLDID`): if `old` is in one of `from`, it becomes a fresh ID in
-    /// `to` with `edit` applied, content and all, in one transaction, flushed before
+    /// `to` with `edit` applied, content and all, as one atomic change (journalled), flushed before
     /// returning. Returns the new ID, or None when `old` was not there.
     pub async fn reinject(
         &self,

@@ -376,3 +376,107 @@ fn existing_database_keeps_its_segment_size() {
         "{conf}"
     );
 }
+
+/// A reinjection (maildrop → incoming under a new ID) cut off after any of its writes leaves,
+/// after repair at open, exactly one copy of the message with its body and one index entry.
+#[tokio::test]
+async fn interrupted_rename_is_completed_or_undone_at_open() {
+    for steps in 0..=4 {
+        let dir = tempfile::tempdir().unwrap();
+        let old = {
+            let q = Queue::open(dir.path(), false).unwrap();
+            let old = q
+                .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), b"body".to_vec())
+                .await
+                .unwrap();
+            let spool = q.spool().clone();
+            drop(q);
+            drop(spool);
+            old
+        };
+        {
+            let spool = SledSpool::open(&dir.path().join("db")).unwrap();
+            spool.rename_interrupted(&old, "NEW1", steps).unwrap();
+            spool.flush().unwrap();
+        }
+        let q = Queue::open(dir.path(), false).unwrap();
+        let all: Vec<String> = q
+            .list_many(&QueueName::ALL)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        let expect = if steps == 4 { "NEW1" } else { old.as_str() };
+        assert_eq!(all, vec![expect.to_string()], "after {steps} writes");
+        assert_eq!(
+            q.content(expect).await.unwrap().unwrap(),
+            b"body",
+            "{steps}"
+        );
+        let other = if steps == 4 { old.as_str() } else { "NEW1" };
+        assert!(q.content(other).await.unwrap().is_none(), "{steps}");
+        let listed: usize = [QueueName::Maildrop, QueueName::Incoming]
+            .iter()
+            .map(|&qn| q.spool().ids(qn.byte(), usize::MAX).unwrap().len())
+            .sum();
+        assert_eq!(listed, 1, "index after {steps} writes");
+    }
+}
+
+/// Index entries that disagree with their record, missing ones, and bodies without a
+/// record (what a crash between a change's writes leaves) are mended at open.
+#[test]
+fn repair_mends_index_and_orphan_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let spool = SledSpool::open(&path).unwrap();
+        assert!(spool
+            .insert("AAA", QueueName::Incoming.byte(), b"r", b"c")
+            .unwrap());
+        // A move to deferred cut off after its first write: both index entries.
+        spool
+            .put_raw("AAA", QueueName::Deferred.byte(), b"r")
+            .unwrap();
+        spool
+            .insert("BBB", QueueName::Incoming.byte(), b"r", b"c")
+            .unwrap();
+        // A removal cut off after its commit point: body and index left behind.
+        spool.update("BBB", &mut |_, _| Change::Remove).unwrap();
+        spool
+            .put_raw("BBB", QueueName::Incoming.byte(), b"r")
+            .unwrap();
+        spool.flush().unwrap();
+    }
+    {
+        let db = sled::Config::new()
+            .path(&path)
+            .segment_size(crate::queue::spool::SEGMENT_SIZE)
+            .open()
+            .unwrap();
+        db.open_tree("records").unwrap().remove("BBB").unwrap();
+        db.open_tree("content")
+            .unwrap()
+            .insert("ZZZ", "orphan")
+            .unwrap();
+        db.open_tree("index")
+            .unwrap()
+            .remove([&[QueueName::Deferred.byte()][..], b"AAA"].concat())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let spool = SledSpool::open(&path).unwrap();
+    assert!(!spool.repair().unwrap(), "open already repaired everything");
+    assert_eq!(
+        spool.ids(QueueName::Deferred.byte(), usize::MAX).unwrap(),
+        vec!["AAA"]
+    );
+    assert!(spool
+        .ids(QueueName::Incoming.byte(), usize::MAX)
+        .unwrap()
+        .is_empty());
+    assert!(spool.content("ZZZ").unwrap().is_none());
+    assert!(spool.content("BBB").unwrap().is_none());
+    assert_eq!(spool.content("AAA").unwrap().unwrap(), b"c");
+}
