@@ -342,12 +342,10 @@ impl Qmgr {
         let q = self.queue.clone();
         let idc = id.clone();
         let fut = async move {
-            let before = q
+            let got = q
                 .activate(&idc, &[QueueName::Incoming, QueueName::Deferred])
                 .await?;
-            let Some(msg) = before else { return Ok(None) };
-            let content = q.content(&idc).await?.unwrap_or_default();
-            Ok::<_, crate::queue::QueueError>(Some((msg.record, content)))
+            Ok::<_, crate::queue::QueueError>(got.map(|(msg, content)| (msg.record, content)))
         };
         ctx.spawn(
             fut.instrument(self.span.clone())

@@ -553,76 +553,40 @@ impl Queue {
         to: QueueName,
         edit: impl Fn(&mut Record) + Send + 'static,
     ) -> Result<Option<Message>, QueueError> {
-        self.transition_with(id, from, to, edit, true).await
+        let idc = id.to_string();
+        let from = from.to_vec();
+        let before = self
+            .blocking(move |s| transition_blocking(s, &idc, &from, to, edit))
+            .await?;
+        // A change the caller acts on (an operator's answer, a delivery not to repeat)
+        // must survive a crash: flush it, sharing the flush with concurrent callers.
+        if before.is_some() {
+            self.durable().await?;
+        }
+        Ok(before)
     }
 
-    /// The queue manager takes a message from incoming or deferred into active. Same
-    /// atomic change as [`transition`](Self::transition), but not flushed: if a crash loses
-    /// the move, the message is still in incoming or deferred, and if it does not, recovery
-    /// moves active back to incoming — either way the next scan finds it. Saving this flush
-    /// leaves one flush per delivered message (its removal).
+    /// The queue manager takes a message from incoming or deferred into active, and gets
+    /// its record (as it was) and content in the same blocking call. Same atomic change as
+    /// [`transition`](Self::transition), but not flushed: if a crash loses the move, the
+    /// message is still in incoming or deferred, and if it does not, recovery moves active
+    /// back to incoming — either way the next scan finds it. Saving this flush leaves one
+    /// flush per delivered message (its removal).
     pub async fn activate(
         &self,
         id: &str,
         from: &[QueueName],
-    ) -> Result<Option<Message>, QueueError> {
-        self.transition_with(id, from, QueueName::Active, |_| {}, false)
-            .await
-    }
-
-    async fn transition_with(
-        &self,
-        id: &str,
-        from: &[QueueName],
-        to: QueueName,
-        edit: impl Fn(&mut Record) + Send + 'static,
-        flush: bool,
-    ) -> Result<Option<Message>, QueueError> {
+    ) -> Result<Option<(Message, Vec<u8>)>, QueueError> {
         let idc = id.to_string();
         let from = from.to_vec();
-        let before = self
-            .blocking(move |s| {
-                let mut before = None;
-                let mut err = None;
-                s.update(&idc, &mut |state: u8, bytes: &[u8]| {
-                    before = None;
-                    err = None;
-                    let Some(q) = QueueName::from_byte(state) else {
-                        return Change::Keep;
-                    };
-                    if !from.contains(&q) {
-                        return Change::Keep;
-                    }
-                    let Ok(mut rec) = decode(&idc, bytes) else {
-                        return Change::Keep;
-                    };
-                    before = Some(Message {
-                        id: idc.clone(),
-                        queue: q,
-                        record: rec.clone(),
-                    });
-                    edit(&mut rec);
-                    match encode(&rec) {
-                        Ok(b) => Change::Put(to.byte(), b),
-                        Err(e) => {
-                            before = None;
-                            err = Some(e);
-                            Change::Keep
-                        }
-                    }
-                })?;
-                match err {
-                    Some(e) => Err(e),
-                    None => Ok(before),
-                }
-            })
-            .await?;
-        // A change the caller acts on (an operator's answer, a delivery not to repeat)
-        // must survive a crash: flush it, sharing the flush with concurrent callers.
-        if flush && before.is_some() {
-            self.durable().await?;
-        }
-        Ok(before)
+        self.blocking(move |s| {
+            let Some(m) = transition_blocking(s, &idc, &from, QueueName::Active, |_| {})? else {
+                return Ok(None);
+            };
+            let content = s.content(&idc)?.unwrap_or_default();
+            Ok(Some((m, content)))
+        })
+        .await
     }
 
     /// Removes a message that is in one of `from`; returns its queue if it was removed.
@@ -845,6 +809,50 @@ fn get_sync(s: &dyn Spool, id: &str) -> Result<Option<Message>, QueueError> {
 }
 
 /// True when some recipient is still to be delivered.
+/// The body of [`Queue::transition`], on a blocking thread: if `id` is in one of `from`,
+/// `edit` its record and move it to `to`. Returns the message as it was before.
+fn transition_blocking(
+    s: &dyn Spool,
+    id: &str,
+    from: &[QueueName],
+    to: QueueName,
+    edit: impl Fn(&mut Record),
+) -> Result<Option<Message>, QueueError> {
+    let mut before = None;
+    let mut err = None;
+    s.update(id, &mut |state: u8, bytes: &[u8]| {
+        before = None;
+        err = None;
+        let Some(q) = QueueName::from_byte(state) else {
+            return Change::Keep;
+        };
+        if !from.contains(&q) {
+            return Change::Keep;
+        }
+        let Ok(mut rec) = decode(id, bytes) else {
+            return Change::Keep;
+        };
+        before = Some(Message {
+            id: id.to_string(),
+            queue: q,
+            record: rec.clone(),
+        });
+        edit(&mut rec);
+        match encode(&rec) {
+            Ok(b) => Change::Put(to.byte(), b),
+            Err(e) => {
+                before = None;
+                err = Some(e);
+                Change::Keep
+            }
+        }
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(before),
+    }
+}
+
 pub fn has_pending(rec: &Record) -> bool {
     rec.envelope
         .recipients

@@ -325,7 +325,9 @@ async fn unflushed_activation_comes_back_after_reopen() {
             .await
             .unwrap();
         let before = q.activate(&a, &[QueueName::Incoming]).await.unwrap();
-        assert_eq!(before.unwrap().queue, QueueName::Incoming);
+        let (m, body) = before.unwrap();
+        assert_eq!(m.queue, QueueName::Incoming);
+        assert_eq!(body, b"x");
         q.activate(&d, &[QueueName::Deferred]).await.unwrap();
         assert_eq!(q.get(&a).await.unwrap().unwrap().queue, QueueName::Active);
         // Not in `from`: no move.
