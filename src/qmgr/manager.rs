@@ -192,7 +192,11 @@ impl Settings {
 
 struct ActiveMsg {
     record: Record,
-    content: Arc<Vec<u8>>,
+    /// The body while some job holds it. Jobs waiting for a slot carry none: a long active
+    /// queue would otherwise hold every body in memory (Postfix's qmgr holds none; its
+    /// agents read the queue file). A job reads the body when it starts, sharing it with the
+    /// message's other jobs in flight.
+    content: std::sync::Weak<Vec<u8>>,
     outstanding: usize,
     /// Outcomes of this round, by recipient index.
     outcomes: HashMap<usize, Outcome>,
@@ -373,9 +377,11 @@ impl Qmgr {
             env.recipients.len()
         );
         let now = SystemTime::now();
+        // Held until the jobs that can start at once have started (see `pump`).
+        let content = Arc::new(content);
         let mut msg = ActiveMsg {
             record,
-            content: Arc::new(content),
+            content: Arc::downgrade(&content),
             outstanding: 0,
             outcomes: HashMap::new(),
         };
@@ -464,7 +470,7 @@ impl Qmgr {
                     nexthop: key.nexthop.clone(),
                     sender: env.sender.clone(),
                     recipients: chunk.to_vec(),
-                    content: msg.content.clone(),
+                    content: Arc::default(),
                     ret: env.ret,
                     envid: env.envid.clone(),
                     body_type: env.body_type,
@@ -489,6 +495,7 @@ impl Qmgr {
         } else {
             self.pump(ctx);
         }
+        drop(content);
     }
 
     /// Starts as many jobs as the windows and process limits allow.
@@ -520,11 +527,36 @@ impl Qmgr {
                     self.job_done(ctx, Some(key), id, indexes, out);
                 }
                 Some((agent, _)) => {
-                    let fut = agent.send(Deliver(job));
+                    let cached = self.active.get(&id).and_then(|m| m.content.upgrade());
+                    let q = self.queue.clone();
+                    let agent = agent.clone();
+                    let fut = async move {
+                        let mut job = job;
+                        job.content = match cached {
+                            Some(c) => c,
+                            None => match q.content(&job.queue_id).await {
+                                Ok(Some(c)) => Arc::new(c),
+                                Ok(None) => return Err("queue file has no content".to_string()),
+                                Err(e) => return Err(e.to_string()),
+                            },
+                        };
+                        Ok(agent.send(Deliver(job)).await.unwrap_or_default())
+                    };
                     ctx.spawn(fut.instrument(self.span.clone()).into_actor(self).map(
                         move |res, act, ctx| {
                             let _g = act.span.clone().entered();
-                            let out = res.unwrap_or_default();
+                            let out = match res {
+                                Ok(out) => out,
+                                Err(e) => {
+                                    tracing::warn!("{id}: cannot read queue file: {e}");
+                                    indexes
+                                        .iter()
+                                        .map(|&i| {
+                                            (i, Outcome::deferred("4.3.0", "queue file read error"))
+                                        })
+                                        .collect()
+                                }
+                            };
                             act.job_done(ctx, Some(key), id, indexes, out);
                         },
                     ));
@@ -687,11 +719,19 @@ impl Qmgr {
             Vec::new()
         };
         let q = self.queue.clone();
-        let content = msg.content.clone();
+        let cached = msg.content.upgrade();
         let record = msg.record.clone();
         let outcomes = msg.outcomes.clone();
         let idc = id.clone();
         let fut = async move {
+            // The body, for notices that return it (read before the message goes).
+            let content = match cached {
+                Some(c) => c,
+                None if !bounced.is_empty() || !success.is_empty() || !delay_rcpts.is_empty() => {
+                    Arc::new(q.content(&idc).await.ok().flatten().unwrap_or_default())
+                }
+                None => Arc::default(),
+            };
             let notify_failure: Vec<usize> = bounced
                 .iter()
                 .copied()

@@ -231,26 +231,36 @@ pub fn dot_stuff_chunks(content: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
             return None;
         }
         let mut out = Vec::with_capacity(CHUNK + 8);
+        // A line at a time, found with memchr; a line longer than the room left is cut.
         while pos < content.len() && out.len() < CHUNK {
-            let b = content[pos];
-            if at_line_start && b == b'.' {
+            if at_line_start && content[pos] == b'.' {
                 out.push(b'.');
             }
-            match b {
-                b'\n' => {
-                    // Bare LF becomes CRLF: SMTP allows no other line end.
-                    if !out.ends_with(b"\r") && !(pos > 0 && content[pos - 1] == b'\r') {
+            let room = CHUNK.saturating_sub(out.len()).max(1);
+            let window = &content[pos..content.len().min(pos + room)];
+            match memchr::memchr(b'\n', window) {
+                Some(i) => {
+                    out.extend_from_slice(&window[..i]);
+                    // Bare LF becomes CRLF: SMTP allows no other line end. The CR may sit
+                    // at the end of the previous window.
+                    let cr = if i > 0 {
+                        window[i - 1] == b'\r'
+                    } else {
+                        pos > 0 && content[pos - 1] == b'\r'
+                    };
+                    if !cr {
                         out.push(b'\r');
                     }
                     out.push(b'\n');
+                    pos += i + 1;
                     at_line_start = true;
                 }
-                _ => {
-                    out.push(b);
+                None => {
+                    out.extend_from_slice(window);
+                    pos += window.len();
                     at_line_start = false;
                 }
             }
-            pos += 1;
         }
         if pos >= content.len() {
             if !at_line_start {
@@ -741,6 +751,12 @@ mod tests {
         assert_eq!(out, b"a\r\n..b\r\n...c\r\nlast\r\n.\r\n");
         let out: Vec<u8> = dot_stuff_chunks(b".\nx\n").flatten().collect();
         assert_eq!(out, b"..\r\nx\r\n.\r\n");
+        // A CR at the end of one chunk and its LF at the start of the next stay one CRLF.
+        let mut split = vec![b'x'; CHUNK - 1];
+        split.extend_from_slice(b"\r\n.y\nz");
+        let out: Vec<u8> = dot_stuff_chunks(&split).flatten().collect();
+        assert!(out.ends_with(b"x\r\n..y\r\nz\r\n.\r\n"));
+        assert_eq!(out.len(), CHUNK - 1 + 2 + 5 + 3 + 3);
         let big = vec![b'x'; 200_000];
         let chunks: Vec<Vec<u8>> = dot_stuff_chunks(&big).collect();
         assert!(chunks.len() >= 3);
