@@ -22,11 +22,12 @@
 //! and restriction names or classes. Other restrictions are named in a warning when the
 //! service starts and skipped. smtpd_reject_unlisted_sender (after the sender list) and
 //! smtpd_reject_unlisted_recipient (after the recipient lists) apply reject_unlisted_sender /
-//! _recipient implicitly: an address of a local, virtual alias, virtual mailbox or relay
-//! domain that local_recipient_maps, virtual_alias_maps, virtual_mailbox_maps or
-//! relay_recipient_maps does not list (or that resolves to the error transport) is refused
-//! with that class's unknown_*_reject_code, as Postfix's smtpd does. The null sender is
-//! never refused this way.
+//! _recipient implicitly. As in Postfix's smtpd, an address that virtual_alias_maps lists is
+//! accepted (its targets are not checked); otherwise one of a virtual alias domain, or one
+//! that resolves to the error transport, is refused, and one of a local, virtual mailbox or
+//! relay domain that a non-empty local_recipient_maps, virtual_mailbox_maps or
+//! relay_recipient_maps does not list is refused with that class's unknown_*_reject_code. The
+//! null sender is never refused this way.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -1668,12 +1669,14 @@ impl Policy {
     }
 
     /// reject_unlisted_recipient and reject_unlisted_sender (`stage` says which address is
-    /// checked): as Postfix's smtpd, an address that resolves to the error transport is
-    /// refused with its text; otherwise one of a local, virtual mailbox or relay domain must be
-    /// listed in local_recipient_maps, virtual_mailbox_maps or relay_recipient_maps (an empty
-    /// relay_recipient_maps lists everyone). Virtual aliases are expanded first and each
-    /// result is checked. The enhanced code is x.1.1 for a recipient, x.1.0 for a sender
-    /// (x.1.7 for an unknown virtual alias sender, from the error transport's 5.1.1).
+    /// checked), in the order of Postfix's smtpd: an address that virtual_alias_maps lists is
+    /// accepted whatever its targets (relais has no canonical maps, which Postfix consults
+    /// there too); one that resolves to the error (retry) transport is refused with its text,
+    /// as a virtual alias domain address without an entry is ("User unknown in virtual alias
+    /// table"); otherwise a local, virtual mailbox or relay address must be listed in
+    /// local_recipient_maps, virtual_mailbox_maps or relay_recipient_maps, and an empty table
+    /// lists everyone. The enhanced code is x.1.1 for a recipient, x.1.0 for a sender (x.1.7
+    /// for an unknown virtual alias sender, from the error transport's 5.1.1).
     fn unlisted(&self, addr: &str, stage: Stage) -> Option<String> {
         let sender = stage == Stage::Sender;
         let what = if sender {
@@ -1691,68 +1694,64 @@ impl Policy {
                 "{code} {dsn} {disp}: {what} rejected: User unknown in {table}"
             )))
         };
-        let expanded = match self.rewriter.expand(addr) {
-            Ok(v) => v,
+        // Unchecked: the virtual mailbox table is looked up below, and only when not empty.
+        let res = match self.rewriter.resolve_unchecked(addr) {
+            Ok(r) => r,
             Err(e) => return temp(&e),
         };
-        for a in expanded {
-            let res = match self.rewriter.resolve(&a) {
-                Ok(r) => r,
-                Err(e) => return temp(&e),
-            };
-            // The resolver sends unknown virtual mailbox users to the error transport;
-            // Postfix's smtpd finds them with its own virtual_mailbox_maps lookup.
-            if res.class == Class::VirtualMailbox {
-                match self.rewriter.mailbox_of(&res.address) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        return unknown(self.unknown_virtual_mailbox_code, "virtual mailbox table")
-                    }
-                    Err(e) => return temp(&e),
-                }
-            }
-            if res.transport == "error" {
-                let (dsn, text) = dsn_split(&res.nexthop);
-                let dsn = address_dsn(
-                    dsn.unwrap_or(if sender { "5.1.0" } else { "5.1.1" }),
-                    sender,
-                );
-                let code = if res.class == Class::VirtualAlias {
-                    self.unknown_virtual_alias_code
-                } else {
-                    550
-                };
-                return Some(ascii(&format!(
-                    "{code} {} {disp}: {what} rejected: {text}",
-                    fix_dsn(code, &dsn)
-                )));
-            }
-            match res.class {
-                Class::Local if !self.always_local(&res.address) => {
-                    match self.rewriter.local_user_known(&res.address) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            return unknown(self.unknown_local_code, "local recipient table")
-                        }
-                        Err(e) => return temp(&e),
-                    }
-                }
-                Class::Relay if !self.relay_recipient_maps.is_empty() => {
-                    match self
-                        .rewriter
-                        .find_address(&self.relay_recipient_maps, &res.address)
-                    {
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            return unknown(self.unknown_relay_code, "relay recipient table")
-                        }
-                        Err(e) => return temp(&e),
-                    }
-                }
-                _ => {}
-            }
+        match self.rewriter.alias_listed(&res.address) {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(e) => return temp(&e),
         }
-        None
+        if res.transport == "error" || res.transport == "retry" {
+            let retry = res.transport == "retry";
+            let (dsn, text) = dsn_split(&res.nexthop);
+            let default = match (retry, sender) {
+                (false, false) => "5.1.1",
+                (false, true) => "5.1.0",
+                (true, false) => "4.1.1",
+                (true, true) => "4.1.0",
+            };
+            let dsn = address_dsn(dsn.unwrap_or(default), sender);
+            let code = if retry {
+                450
+            } else if res.class == Class::VirtualAlias {
+                self.unknown_virtual_alias_code
+            } else {
+                550
+            };
+            return Some(ascii(&format!(
+                "{code} {} {disp}: {what} rejected: {text}",
+                fix_dsn(code, &dsn)
+            )));
+        }
+        let resolved = &res.address;
+        let (known, code, table) = match res.class {
+            Class::Local if !self.always_local(resolved) => (
+                self.rewriter.local_user_known(resolved),
+                self.unknown_local_code,
+                "local recipient table",
+            ),
+            Class::VirtualMailbox if self.rewriter.has_mailbox_maps() => (
+                self.rewriter.mailbox_of(resolved).map(|m| m.is_some()),
+                self.unknown_virtual_mailbox_code,
+                "virtual mailbox table",
+            ),
+            Class::Relay if !self.relay_recipient_maps.is_empty() => (
+                self.rewriter
+                    .find_address(&self.relay_recipient_maps, resolved)
+                    .map(|m| m.is_some()),
+                self.unknown_relay_code,
+                "relay recipient table",
+            ),
+            _ => return None,
+        };
+        match known {
+            Ok(true) => None,
+            Ok(false) => unknown(code, table),
+            Err(e) => temp(&e),
+        }
     }
 
     /// Local addresses Postfix's smtpd never refuses as unlisted: the double-bounce sender

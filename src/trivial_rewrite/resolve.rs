@@ -432,6 +432,18 @@ impl Rewriter {
         Ok(())
     }
 
+    /// Whether virtual_alias_maps has an entry for the address (the lookup order of the
+    /// expansion), whatever its targets: Postfix's smtpd accepts such an address as listed.
+    pub fn alias_listed(&self, addr: &str) -> Result<bool, RewriteError> {
+        Ok(self.alias_once(addr)?.is_some())
+    }
+
+    /// False when virtual_mailbox_maps is empty: Postfix's smtpd then does not check the
+    /// users of virtual mailbox domains.
+    pub fn has_mailbox_maps(&self) -> bool {
+        !self.virtual_mailbox_maps.is_empty()
+    }
+
     /// Whether a virtual mailbox recipient exists (virtual_mailbox_maps, with the address
     /// extension stripped as a fallback, then `@domain`).
     pub fn mailbox_of(&self, addr: &str) -> Result<Option<String>, RewriteError> {
@@ -487,8 +499,20 @@ impl Rewriter {
         Ok(None)
     }
 
-    /// Resolves one (already alias-expanded) recipient.
+    /// Resolves one (already alias-expanded) recipient. A virtual mailbox address that
+    /// virtual_mailbox_maps does not list goes to the error transport.
     pub fn resolve(&self, addr: &str) -> Result<Resolved, RewriteError> {
+        self.resolve_with(addr, true)
+    }
+
+    /// Resolves as Postfix's trivial-rewrite does: a virtual mailbox address goes to
+    /// virtual_transport (or its transport_maps entry) whether or not virtual_mailbox_maps
+    /// lists it; smtpd's reject_unlisted_* checks that table itself, and skips it when empty.
+    pub fn resolve_unchecked(&self, addr: &str) -> Result<Resolved, RewriteError> {
+        self.resolve_with(addr, false)
+    }
+
+    fn resolve_with(&self, addr: &str, check_mailbox: bool) -> Result<Resolved, RewriteError> {
         let address = self.canonicalize(addr);
         let domain = address
             .rsplit_once('@')
@@ -502,7 +526,7 @@ impl Rewriter {
                 "5.1.1 User unknown in virtual alias table".to_string(),
             ),
             Class::VirtualMailbox => {
-                if self.mailbox_of(&address)?.is_none() {
+                if check_mailbox && self.mailbox_of(&address)?.is_none() {
                     (
                         "error".to_string(),
                         "5.1.1 User unknown in virtual mailbox table".to_string(),
@@ -579,6 +603,12 @@ mod tests {
             res("nobody@exemple.fr").nexthop,
             "5.1.1 User unknown in virtual mailbox table"
         );
+        // As Postfix's trivial-rewrite: smtpd checks virtual_mailbox_maps itself.
+        assert_eq!(
+            r.resolve_unchecked("nobody@exemple.fr").unwrap().transport,
+            "lmtp"
+        );
+        assert!(r.has_mailbox_maps());
         let rel = res("a@relay.example");
         assert_eq!(
             (rel.class, rel.transport.as_str(), rel.nexthop.as_str()),
@@ -645,6 +675,14 @@ mod tests {
             r.expand("plain@z.example").unwrap(),
             vec!["plain@z.example"]
         );
+        for (a, listed) in [
+            ("team@x.example", true),
+            ("team+tag@x.example", true),
+            ("anyone@catch.example", true),
+            ("plain@z.example", false),
+        ] {
+            assert_eq!(r.alias_listed(a).unwrap(), listed, "{a}");
+        }
     }
 
     #[test]
