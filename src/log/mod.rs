@@ -109,6 +109,17 @@ where
         }
     }
 
+    // Tells tracing (and, through tracing-log, the `log` facade sled writes to) that debug
+    // and trace records are not wanted: their macros then cost a comparison, where before
+    // every sled trace record was built and handed to `on_event` to be dropped.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(if self.verbose {
+            tracing::level_filters::LevelFilter::TRACE
+        } else {
+            tracing::level_filters::LevelFilter::INFO
+        })
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let level = *event.metadata().level();
         if level > Level::INFO && !self.verbose {
