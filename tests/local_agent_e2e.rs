@@ -214,3 +214,101 @@ fn mailbox_transport_and_fallback_transport_hand_over() {
     assert!(!log.contains("relay=local"), "{log}");
     inst.stop();
 }
+
+/// A failing alias member is reported as Postfix 3.7's bounce(8) does: the member, the
+/// recipient it was expanded from, and in the delivery report the member as Final-Recipient
+/// with the ORCPT (or, without one, the recipient) as Original-Recipient.
+#[test]
+fn failing_alias_member_is_named_in_the_notice() {
+    let mut inst = Instance::with_main_cf_extra(
+        "mydestination = mail.test\nmyorigin = mail.test\nalias_maps = texthash:$config_directory/aliases\nlocal_recipient_maps = texthash:$config_directory/users $alias_maps\nlocal_mailbox_base = $queue_directory/localusers\nhome_mailbox = Maildir/\n",
+    );
+    std::fs::write(inst.conf().join("aliases"), "toto: test\n").unwrap();
+    std::fs::write(inst.conf().join("users"), "bob x\n").unwrap();
+    inst.start();
+    // One through sendmail (no ORCPT), one over SMTP with an ORCPT.
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "toto@mail.test",
+        b"Subject: by sendmail\n\npour toto\n",
+    );
+    let mut c = Smtp::connect(inst.smtp_port);
+    c.reply();
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<carol@localhost>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<toto@mail.test> ORCPT=rfc822;toto@mail.test");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let r = c.cmd("Subject: by smtp\r\n\r\npour toto\r\n.");
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    let carol = || inst.maildir_new("carol");
+    assert!(
+        wait_until(Duration::from_secs(20), || carol().len() >= 2),
+        "{}",
+        inst.log()
+    );
+    // The log line stays Postfix's: the member, with the recipient as orig_to.
+    let log = inst.log();
+    assert!(
+        log.contains("to=<test@mail.test>, orig_to=<toto@mail.test>, relay=local, ")
+            && log.contains("status=bounced (unknown user: \"test\")"),
+        "{log}"
+    );
+    use mail_parser::MimeHeaders;
+    let mut orcpts = Vec::new();
+    for p in carol() {
+        let raw = std::fs::read(&p).unwrap();
+        let msg = mail_parser::MessageParser::default()
+            .parse(&raw)
+            .expect("notice parses");
+        assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
+        let part = |ctype: &str| {
+            msg.parts
+                .iter()
+                .find(|p| {
+                    p.content_type().is_some_and(|ct| {
+                        format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default())
+                            .eq_ignore_ascii_case(ctype)
+                    })
+                })
+                .map(|p| String::from_utf8_lossy(p.contents()).replace("\r\n", "\n"))
+                .unwrap_or_else(|| panic!("no {ctype} part in {}", String::from_utf8_lossy(&raw)))
+        };
+        let text = part("text/plain");
+        assert!(
+            text.contains(
+                "\n<test@mail.test> (expanded from <toto@mail.test>): unknown user: \"test\"\n"
+            ),
+            "{text}"
+        );
+        let report = part("message/delivery-status");
+        let fields: Vec<&str> = report
+            .split("\n\n")
+            .nth(1)
+            .expect("a per-recipient block")
+            .lines()
+            .collect();
+        assert_eq!(
+            fields[0], "Final-Recipient: rfc822; test@mail.test",
+            "{report}"
+        );
+        assert_eq!(
+            &fields[2..4],
+            ["Action: failed", "Status: 5.1.1"],
+            "{report}"
+        );
+        orcpts.push(fields[1].to_string());
+    }
+    orcpts.sort();
+    // Postfix's two forms: the ORCPT as given, else `rfc822; ` and the original recipient.
+    assert_eq!(
+        orcpts,
+        [
+            "Original-Recipient: rfc822; toto@mail.test",
+            "Original-Recipient: rfc822;toto@mail.test"
+        ]
+    );
+    inst.stop();
+}

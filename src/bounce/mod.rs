@@ -7,7 +7,10 @@
 //! DESCRIPTION
 //!   Notices are RFC 3464 multipart/report messages in Postfix's layout (see `notice`). They
 //!   follow the DSN parameters of the original message: NOTIFY decides which notices are
-//!   sent, RET=HDRS returns only the headers, ENVID and ORCPT are reported.
+//!   sent, RET=HDRS returns only the headers, ENVID and ORCPT are reported. A recipient that
+//!   differs from its original (an alias member, a rewritten address) is reported as Postfix
+//!   does: `<member> (expanded from <original>): reason`, Final-Recipient the member, and
+//!   Original-Recipient the ORCPT or else `rfc822; original`.
 //!
 //!   No bounce of a bounce: when mail with the null sender fails, a double bounce
 //!   ("Postmaster Copy: Undelivered Mail", headers only) goes to 2bounce_notice_recipient

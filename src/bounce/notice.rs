@@ -25,7 +25,11 @@ pub enum Kind {
 /// One recipient the notice reports on.
 #[derive(Debug, Clone)]
 pub struct Rcpt {
+    /// The address that failed (Final-Recipient): an alias member or the queue's recipient.
     pub address: String,
+    /// The recipient `address` was expanded from, when it differs (Postfix's orig_addr):
+    /// `<address> (expanded from <original>)`, and the Original-Recipient without an ORCPT.
+    pub original: Option<String>,
     pub orcpt: Option<String>,
     /// Enhanced status code, e.g. `5.1.1`.
     pub status: String,
@@ -59,12 +63,18 @@ pub struct Notice<'a> {
     pub size_limit: usize,
 }
 
-fn wrap_reason(addr: &str, reason: &str) -> String {
-    // Postfix folds the reason at 76 columns with a 4-space indent.
+fn wrap_reason(r: &Rcpt) -> String {
+    // Postfix (line_wrap, bounce_notify_util.c) folds the whole entry at 79 columns with a
+    // 4-space indent.
+    let text = match &r.original {
+        Some(o) => format!("<{}> (expanded from <{o}>): {}", r.address, r.reason),
+        None => format!("<{}>: {}", r.address, r.reason),
+    };
     let mut out = String::new();
-    let mut line = format!("<{addr}>:");
-    for word in reason.split(' ') {
-        if line.len() + 1 + word.len() > 76 && !line.trim().is_empty() && line.len() > 4 {
+    let mut words = text.split(' ');
+    let mut line = words.next().unwrap_or_default().to_string();
+    for word in words {
+        if line.len() + 1 + word.len() > 79 && !line.trim().is_empty() && line.len() > 4 {
             out.push_str(&line);
             out.push('\n');
             line = format!("    {word}");
@@ -134,7 +144,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
         n.myhostname
     ));
     for r in n.recipients {
-        t.push_str(&wrap_reason(&r.address, &r.reason));
+        t.push_str(&wrap_reason(r));
     }
     t.push('\n');
     t.push_str(&format!("--{boundary}\nContent-Description: Delivery report\nContent-Type: message/delivery-status\n\n"));
@@ -147,8 +157,11 @@ pub fn build(n: &Notice) -> Vec<u8> {
     t.push_str(&format!("Arrival-Date: {}\n", rfc2822_date(n.arrival)));
     for r in n.recipients {
         t.push_str(&format!("\nFinal-Recipient: rfc822; {}\n", r.address));
+        // As Postfix: the ORCPT as recorded, else the address the recipient was expanded from.
         if let Some(o) = &r.orcpt {
             t.push_str(&format!("Original-Recipient: {o}\n"));
+        } else if let Some(o) = &r.original {
+            t.push_str(&format!("Original-Recipient: rfc822; {o}\n"));
         }
         t.push_str(&format!("Action: {action}\nStatus: {}\n", r.status));
         if let Some(m) = &r.remote_mta {
@@ -209,6 +222,7 @@ mod tests {
         let now = Local.with_ymd_and_hms(2026, 11, 23, 8, 16, 20).unwrap();
         let rc = [Rcpt {
             address: "nobody@reject.example.net".into(),
+            original: None,
             orcpt: Some("rfc822;nobody@reject.example.net".into()),
             status: "5.1.1".into(),
             reason: "host 127.0.0.1[127.0.0.1] said: 550 5.1.1 Recipient address rejected: User unknown (in reply to RCPT TO command)".into(),
@@ -259,10 +273,57 @@ mod tests {
     }
 
     #[test]
+    fn an_expanded_member_is_named_with_its_original() {
+        let now = Local::now();
+        let mut rc = [Rcpt {
+            address: "test@mail.exemple.fr".into(),
+            original: Some("toto@mail.exemple.fr".into()),
+            orcpt: None,
+            status: "5.1.1".into(),
+            reason: "unknown user: \"test\"".into(),
+            remote_mta: None,
+            diagnostic: Some("X-Postfix; unknown user: \"test\"".into()),
+        }];
+        let n = |rc: &[Rcpt]| {
+            String::from_utf8(build(&Notice {
+                kind: Kind::Failure,
+                myhostname: "mail.exemple.fr",
+                mail_name: "Postfix",
+                queue_id: "Q",
+                notice_id: "N",
+                sender: "alice@tutu.org",
+                to: None,
+                arrival: now,
+                now,
+                recipients: rc,
+                original: b"Subject: s\r\n\r\nbody\r\n",
+                ret: None,
+                envid: None,
+                size_limit: 50000,
+            }))
+            .unwrap()
+        };
+        let t = n(&rc);
+        assert!(
+            t.contains("\r\n<test@mail.exemple.fr> (expanded from <toto@mail.exemple.fr>): unknown user:\r\n    \"test\"\r\n")
+                && t.contains("\r\nFinal-Recipient: rfc822; test@mail.exemple.fr\r\nOriginal-Recipient: rfc822; toto@mail.exemple.fr\r\nAction: failed\r\n"),
+            "{t}"
+        );
+        // An ORCPT, when the message has one, is the Original-Recipient as it was given.
+        rc[0].orcpt = Some("rfc822;toto@mail.exemple.fr".into());
+        let t = n(&rc);
+        assert!(
+            t.contains("\r\nOriginal-Recipient: rfc822;toto@mail.exemple.fr\r\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn ret_hdrs_and_size_limit_return_headers_only() {
         let now = Local::now();
         let rc = [Rcpt {
             address: "a@b".into(),
+            original: None,
             orcpt: None,
             status: "5.0.0".into(),
             reason: "x".into(),

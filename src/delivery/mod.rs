@@ -11,8 +11,15 @@ pub enum Outcome {
     Sent { dsn: String, detail: String },
     /// Try again later.
     Deferred { dsn: String, reason: String },
-    /// Permanent failure: the sender gets a notice.
-    Bounced { dsn: String, reason: String },
+    /// Permanent failure: the sender gets a notice. `final_rcpt`: the address that failed when
+    /// it is not the queue's recipient (an alias member local(8) expanded it to), which the
+    /// notice reports as Postfix does: `<member> (expanded from <recipient>)`.
+    Bounced {
+        dsn: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        final_rcpt: Option<String>,
+    },
 }
 
 impl Outcome {
@@ -32,6 +39,28 @@ impl Outcome {
         Outcome::Bounced {
             dsn: dsn.into(),
             reason: reason.into(),
+            final_rcpt: None,
+        }
+    }
+
+    /// The same outcome, a bounce naming `addr` as the address that failed (other outcomes
+    /// are about the queue's recipient and stay as they are).
+    pub fn for_final_rcpt(self, addr: &str) -> Self {
+        match self {
+            Outcome::Bounced { dsn, reason, .. } => Outcome::Bounced {
+                dsn,
+                reason,
+                final_rcpt: Some(addr.to_string()),
+            },
+            other => other,
+        }
+    }
+
+    /// The address a bounce is about when it is not the queue's recipient.
+    pub fn final_rcpt(&self) -> Option<&str> {
+        match self {
+            Outcome::Bounced { final_rcpt, .. } => final_rcpt.as_deref(),
+            _ => None,
         }
     }
 

@@ -34,9 +34,10 @@
 //!
 //!   Every mailbox or file written gets `Return-Path:` and `Delivered-To:`. One recipient's
 //!   outcome combines its destinations: any deferral defers it (the whole recipient is tried
-//!   again), else any bounce bounces it (the notice's reason names the failing member), else
-//!   sent. As in Postfix, each destination is logged on its own line under the address it
-//!   was expanded to, with the queue's recipient as orig_to.
+//!   again), else any bounce bounces it, else sent. As in Postfix, each destination is
+//!   logged on its own line under the address it was expanded to, with the queue's recipient
+//!   as orig_to, and the notice names the failing member: `<member> (expanded from
+//!   <recipient>): reason`, `Final-Recipient: rfc822; member`.
 //!
 //! QUEUES
 //!   Forwarded mail is committed to incoming (durably, before the recipient is recorded as
@@ -906,6 +907,13 @@ impl Transport for LocalTransport {
                     if !passed {
                         log_as(&dest, &o);
                     }
+                    // A failing member is what the notice reports, with the recipient it
+                    // was expanded from (qmgr still records the outcome under the recipient).
+                    let o = if dest.eq_ignore_ascii_case(&r.address) {
+                        o
+                    } else {
+                        o.for_final_rcpt(&dest)
+                    };
                     outs.push(o);
                 }
                 for (sender, addrs) in forwards {

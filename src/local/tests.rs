@@ -125,7 +125,7 @@ fn unknown_users_loops_and_restrictions() {
     let e = std_env("");
     let p = plan_of(&e, "nobody@mail.example", b"");
     assert!(
-        matches!(&p[..], [Action::Fail { outcome: Outcome::Bounced { dsn, reason }, .. }] if dsn == "5.1.1" && reason == "unknown user: \"nobody\""),
+        matches!(&p[..], [Action::Fail { outcome: Outcome::Bounced { dsn, reason, .. }, .. }] if dsn == "5.1.1" && reason == "unknown user: \"nobody\""),
         "{p:?}"
     );
     let p = plan_of(&e, "loopy@mail.example", b"");
@@ -347,6 +347,8 @@ async fn delivers_forwards_and_runs_commands() {
         "{:?}",
         by[&2]
     );
+    // A command of the alias itself fails: the notice names the recipient, no member.
+    assert_eq!(by[&2].final_rcpt(), None);
     assert!(matches!(by[&3], Outcome::Deferred { .. }), "{:?}", by[&3]);
     if passwd::is_root() {
         // /file destinations are refused as root (relais does not write as another user).

@@ -934,7 +934,7 @@ fn apply_outcomes(rec: &mut Record, outcomes: &HashMap<usize, Outcome>) {
                 r.dsn_status = Some(dsn.clone());
                 r.reason = Some(reason.clone());
             }
-            Outcome::Bounced { dsn, reason } => {
+            Outcome::Bounced { dsn, reason, .. } => {
                 r.status = RcptStatus::Bounced;
                 r.dsn_status = Some(dsn.clone());
                 r.reason = Some(reason.clone());
@@ -987,8 +987,21 @@ async fn send_notice(
                 .strip_prefix("host ")
                 .and_then(|r| r.split_once('['))
                 .map(|(h, _)| format!("dns; {h}"));
+            // The address that failed: an alias member local(8) expanded the recipient to,
+            // or the recipient; its original is reported when it differs, as Postfix does.
+            let address = o
+                .and_then(Outcome::final_rcpt)
+                .unwrap_or(&r.address)
+                .to_string();
+            let original = if r.original.is_empty() {
+                &r.address
+            } else {
+                &r.original
+            };
+            let original = (!original.eq_ignore_ascii_case(&address)).then(|| original.clone());
             Some(NoticeRcpt {
-                address: r.address.clone(),
+                address,
+                original,
                 orcpt: r.orcpt.clone(),
                 status,
                 reason,
