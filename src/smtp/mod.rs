@@ -971,7 +971,9 @@ impl Client {
                 TxRcpt {
                     address: r.address.clone(),
                     notify: notify_param(&r.notify),
-                    orcpt: r.orcpt.clone().or_else(|| {
+                    // Stored decoded (as smtpd got it), sent as xtext (RFC 3461): an
+                    // address with `+` or `=` sent raw would reach the peer garbled.
+                    orcpt: r.orcpt.as_deref().map(orcpt_param).or_else(|| {
                         let o = if r.original.is_empty() {
                             &r.address
                         } else {
@@ -1094,9 +1096,23 @@ fn dns_outcome(e: &DnsError) -> Outcome {
     }
 }
 
+/// `type;address` as stored → the ORCPT parameter, its address xtext-encoded.
+fn orcpt_param(stored: &str) -> String {
+    match stored.split_once(';') {
+        Some((kind, addr)) => format!("{kind};{}", session::xtext(addr)),
+        None => format!("rfc822;{}", session::xtext(stored)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orcpt_is_sent_as_xtext() {
+        assert_eq!(orcpt_param("rfc822;a+b=c@x"), "rfc822;a+2Bb+3Dc@x");
+        assert_eq!(orcpt_param("rfc822;plain@x"), "rfc822;plain@x");
+    }
 
     #[test]
     fn delay_format() {
