@@ -1,6 +1,18 @@
 use super::*;
 use crate::envelope::Recipient;
 
+/// Opens a database a test has just closed. sled's threads let go of the previous handle
+/// (and its file lock) a moment after the last drop, later still on a loaded machine.
+fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
+    for _ in 0..100 {
+        if let Ok(v) = open() {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    open().unwrap()
+}
+
 fn rec(sender: &str, rcpts: &[&str]) -> Record {
     Record {
         envelope: Envelope {
@@ -196,13 +208,13 @@ async fn sled_recovery_across_reopen() {
         id
     };
     {
-        let spool = SledSpool::open(&dir.path().join("db")).unwrap();
+        let spool = reopen(|| SledSpool::open(&dir.path().join("db")));
         spool
             .put_raw("BAD1", QueueName::Incoming.byte(), b"\x07garbage")
             .unwrap();
         spool.flush().unwrap();
     }
-    let q = Queue::open(dir.path(), false).unwrap();
+    let q = reopen(|| Queue::open(dir.path(), false));
     assert_eq!(
         q.get(&id).await.unwrap().unwrap().queue,
         QueueName::Incoming
@@ -337,7 +349,7 @@ async fn unflushed_activation_comes_back_after_reopen() {
         drop(spool);
         (a, d)
     };
-    let q = Queue::open(dir.path(), false).unwrap();
+    let q = reopen(|| Queue::open(dir.path(), false));
     for id in [a, d] {
         let m = q.get(&id).await.unwrap().unwrap();
         assert!(
@@ -364,7 +376,7 @@ fn existing_database_keeps_its_segment_size() {
         db.insert(b"k", b"v").unwrap();
         db.flush().unwrap();
     }
-    let spool = SledSpool::open(&path).unwrap();
+    let spool = reopen(|| SledSpool::open(&path));
     spool.flush().unwrap();
     drop(spool);
     let fresh = dir.path().join("fresh");
@@ -397,11 +409,11 @@ async fn interrupted_rename_is_completed_or_undone_at_open() {
             old
         };
         {
-            let spool = SledSpool::open(&dir.path().join("db")).unwrap();
+            let spool = reopen(|| SledSpool::open(&dir.path().join("db")));
             spool.rename_interrupted(&old, "NEW1", steps).unwrap();
             spool.flush().unwrap();
         }
-        let q = Queue::open(dir.path(), false).unwrap();
+        let q = reopen(|| Queue::open(dir.path(), false));
         let all: Vec<String> = q
             .list_many(&QueueName::ALL)
             .await
@@ -452,11 +464,12 @@ fn repair_mends_index_and_orphan_bodies() {
         spool.flush().unwrap();
     }
     {
-        let db = sled::Config::new()
-            .path(&path)
-            .segment_size(crate::queue::spool::SEGMENT_SIZE)
-            .open()
-            .unwrap();
+        let db = reopen(|| {
+            sled::Config::new()
+                .path(&path)
+                .segment_size(crate::queue::spool::SEGMENT_SIZE)
+                .open()
+        });
         db.open_tree("records").unwrap().remove("BBB").unwrap();
         db.open_tree("content")
             .unwrap()
@@ -468,7 +481,7 @@ fn repair_mends_index_and_orphan_bodies() {
             .unwrap();
         db.flush().unwrap();
     }
-    let spool = SledSpool::open(&path).unwrap();
+    let spool = reopen(|| SledSpool::open(&path));
     assert!(!spool.repair().unwrap(), "open already repaired everything");
     assert_eq!(
         spool.ids(QueueName::Deferred.byte(), usize::MAX).unwrap(),
