@@ -135,6 +135,12 @@ impl Handler<Enqueue> for Cleanup {
                 env.sender = rewriter.canonicalize(&env.sender);
                 for r in &mut env.recipients {
                     r.address = rewriter.canonicalize(&r.address);
+                    // As Postfix records dsn_orig_rcpt for every recipient: the ORCPT the
+                    // client gave, else the address as received. Alias expansions inherit it,
+                    // and notices and next hops see the address the sender used.
+                    if r.orcpt.is_none() {
+                        r.orcpt = Some(format!("rfc822;{}", r.address));
+                    }
                 }
                 env.recipients = expand_recipients(&rewriter, env.recipients)?;
                 if cleaned.discard.is_some() {
