@@ -230,3 +230,87 @@ fn client_certificates_allow_relay() {
     );
     inst.stop();
 }
+
+/// After STARTTLS, the client's next command, as Python's smtplib sees the answer to it.
+fn ehlo_after_starttls(port: u16, cert: Option<(&Path, &Path)>) -> String {
+    let load = match cert {
+        Some((k, c)) => format!(
+            "ctx.load_cert_chain({:?}, {:?})",
+            c.display().to_string(),
+            k.display().to_string()
+        ),
+        None => String::new(),
+    };
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+{load}
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+s.ehlo("client.test"); s.starttls(context=ctx)
+print(s.ehlo("client.test"))
+"#
+    );
+    let (_, out) = python(&script);
+    out
+}
+
+/// smtpd_tls_req_ccert at security level encrypt, as Postfix: the handshake completes, the
+/// client's next command gets `421 4.7.1 host Error: …` and the log says why; a trusted
+/// certificate goes on. At level may it is refused with Postfix's warning.
+#[test]
+fn required_client_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("client CA");
+    let other = TestCa::new("other CA");
+    let (sk, sc, _) = ca.issue(&["mx.test"], pki.path(), "server");
+    let (k1, c1, _) = ca.issue(&["trusted.client.test"], pki.path(), "c1");
+    let (k2, c2, _) = other.issue(&["untrusted.client.test"], pki.path(), "c2");
+    let ca_file = pki.path().join("ca.pem");
+    ca.write_ca(&ca_file);
+    let base = format!(
+        "relais_tls_self_signed = no\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n\
+         smtpd_tls_CAfile = {}\nsmtpd_tls_req_ccert = yes\n",
+        sc.display(),
+        sk.display(),
+        ca_file.display()
+    );
+    let mut inst =
+        Instance::with_main_cf_extra(&format!("{base}smtpd_tls_security_level = encrypt\n"));
+    inst.start();
+    let p = inst.smtp_port;
+    let r = ehlo_after_starttls(p, None);
+    assert!(
+        r.contains("421")
+            && r.contains("4.7.1")
+            && r.contains("Error: No client certificate presented"),
+        "{r}"
+    );
+    let r = ehlo_after_starttls(p, Some((&k2, &c2)));
+    assert!(r.contains("Error: Client certificate not trusted"), "{r}");
+    let r = ehlo_after_starttls(p, Some((&k1, &c1)));
+    assert!(r.starts_with("(250"), "{r}");
+    let log = inst.log();
+    assert!(
+        log.contains(
+            "NOQUEUE: abort: TLS from localhost[127.0.0.1]: No client certificate presented"
+        ) || log.contains(
+            "NOQUEUE: abort: TLS from unknown[127.0.0.1]: No client certificate presented"
+        ),
+        "{log}"
+    );
+    assert!(log.contains(": Client certificate not trusted"), "{log}");
+    inst.stop();
+
+    let mut inst = Instance::with_main_cf_extra(&format!("{base}smtpd_tls_security_level = may\n"));
+    inst.start();
+    let r = ehlo_after_starttls(inst.smtp_port, None);
+    assert!(r.starts_with("(250"), "{r}");
+    assert!(
+        inst.log()
+            .contains("Can't require client certs unless TLS is required"),
+        "{}",
+        inst.log()
+    );
+    inst.stop();
+}

@@ -228,7 +228,7 @@ pub static PARAMS: &[Param] = &[
     p!("smtpd_tls_eccert_file", "", Str, "server ECDSA certificate chain (PEM), in addition to the RSA one", Yes),
     p!("smtpd_tls_eckey_file", "$smtpd_tls_eccert_file", Str, "server ECDSA private key (PEM)", Yes),
     p!("smtpd_tls_fingerprint_digest", "${{$compatibility_level} <level {3.6} ? {md5} : {sha256}}", Str, "digest of client certificate fingerprints (relais: sha256, sha1, sha512; md5 is not available)", Yes),
-    p!("smtpd_tls_req_ccert", "no", Bool, "require a trusted client certificate", Yes),
+    p!("smtpd_tls_req_ccert", "no", Bool, "require a trusted client certificate (only at smtpd_tls_security_level = encrypt, not in wrapper mode; else a warning)", Yes),
     p!("tls_server_sni_maps", "", List, "SNI name to key and certificate chain files", Yes),
     p!("tls_medium_cipherlist", "aNULL:-aNULL:HIGH:MEDIUM:+RC4:@STRENGTH", Str, "OpenSSL cipher list of the medium grade", NO_CIPHERS),
     p!("tls_preempt_cipherlist", "no", Bool, "server's cipher preference wins (rustls always uses its own order)", No),

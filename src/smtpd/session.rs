@@ -106,6 +106,8 @@ pub struct Session<S> {
     io: super::conn::Conn<S>,
     /// `TLSv1.3 with cipher …` once TLS is active.
     pub(super) tls: Option<String>,
+    /// smtpd_tls_req_ccert and the handshake brought no trusted certificate: why.
+    ccert_refusal: Option<&'static str>,
     pub(super) settings: Arc<Settings>,
     pub(super) backend: Arc<dyn Backend>,
     pub(super) info: SessionInfo,
@@ -142,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Session {
             io: super::conn::Conn::Plain(io),
             tls: None,
+            ccert_refusal: None,
             settings,
             backend,
             info,
@@ -705,9 +708,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         self.info.namaddr()
                     );
                 }
-                if self.settings.tls_ccerts.require && !ccert.as_ref().is_some_and(|c| c.trusted) {
-                    return Err("client certificate not trusted (smtpd_tls_req_ccert)".into());
-                }
+                self.ccert_refusal = match &ccert {
+                    _ if !self.settings.tls_ccerts.require => None,
+                    Some(c) if c.trusted => None,
+                    Some(_) => Some("Client certificate not trusted"),
+                    None => Some("No client certificate presented"),
+                };
                 self.info.ccert = ccert;
                 self.tls = Some(desc);
                 self.io = super::conn::Conn::Tls(Box::new(stream));
@@ -716,6 +722,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timeout".into()),
         }
+    }
+
+    /// smtpd_tls_req_ccert without a trusted certificate, as Postfix: `NOQUEUE: abort: TLS
+    /// from …` in the log and, over the TLS session after the client's next command,
+    /// `421 4.7.1 host Error: …`. True when the session must end. (Only after STARTTLS: in
+    /// wrapper mode, as in Postfix, a certificate is never required.)
+    async fn refuse_ccert(&mut self) -> bool {
+        let Some(why) = self.ccert_refusal else {
+            return false;
+        };
+        info!("NOQUEUE: abort: TLS from {}: {why}", self.info.namaddr());
+        // Bounded by smtpd_timeout and line_length_limit; whatever it is, it is refused.
+        let _ = self.read_command().await;
+        let r = Reply::new(
+            421,
+            format!("4.7.1 {} Error: {why}", self.settings.myhostname),
+        );
+        self.push_reply(&r);
+        true
     }
 
     /// STARTTLS (RFC 3207): 220, then the handshake. Pipelined input sent before it is
@@ -748,6 +773,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match self.handshake().await {
             Ok(resumed) => {
                 if !self.count_new_tls(resumed).await {
+                    self.state = State::Closed;
+                    return Ok(Flow::Close);
+                }
+                if self.refuse_ccert().await {
                     self.state = State::Closed;
                     return Ok(Flow::Close);
                 }

@@ -152,6 +152,12 @@ impl Settings {
             None
         };
         let tls_level = crate::tlsmgr::Level::from_config(cfg);
+        let tls_ccerts = crate::tlsmgr::client_certs(cfg);
+        // Logged by each service as it starts, as Postfix's smtpd does (`relais check`
+        // names the main.cf line as well).
+        for (name, w) in &tls_ccerts.warnings {
+            tracing::warn!("service {service}: {name}: {w}");
+        }
         Settings {
             sasl,
             tls_auth_only: cfg.get_bool("smtpd_tls_auth_only")
@@ -163,7 +169,7 @@ impl Settings {
             tls_level,
             tls_wrapper: cfg.get_bool("smtpd_tls_wrappermode"),
             tls_loglevel: cfg.get_int("smtpd_tls_loglevel"),
-            tls_ccerts: crate::tlsmgr::client_certs(cfg),
+            tls_ccerts,
             reject_footer: {
                 let raw = cfg.raw("smtpd_reject_footer").unwrap_or_default();
                 crate::config::expand::expand(&raw, &|n| {

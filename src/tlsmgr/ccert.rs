@@ -122,9 +122,22 @@ impl ClientCerts {
             .build()
             .ok()
         };
+        // As Postfix: a certificate can be required only where TLS is (security level
+        // encrypt, and not in wrapper mode, where Postfix ignores the level).
+        let mut require = cfg.get_bool("smtpd_tls_req_ccert");
+        if require
+            && (cfg.get_bool("smtpd_tls_wrappermode")
+                || crate::tlsmgr::Level::from_config(cfg) != crate::tlsmgr::Level::Encrypt)
+        {
+            warnings.push((
+                "smtpd_tls_req_ccert",
+                "Can't require client certs unless TLS is required".to_string(),
+            ));
+            require = false;
+        }
         ClientCerts {
             ask: cfg.get_bool("smtpd_tls_ask_ccert"),
-            require: cfg.get_bool("smtpd_tls_req_ccert"),
+            require,
             digest,
             relay,
             verifier,
@@ -138,7 +151,6 @@ impl ClientCerts {
     pub fn handshake_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
         Arc::new(AskOnly {
             ask: self.ask || self.require,
-            require: self.require,
             algs: self.algs,
         })
     }
@@ -175,7 +187,6 @@ impl ClientCerts {
 #[derive(Debug)]
 struct AskOnly {
     ask: bool,
-    require: bool,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -184,8 +195,10 @@ impl ClientCertVerifier for AskOnly {
         self.ask
     }
 
+    // Never mandatory in the handshake: as Postfix, the session completes and the client is
+    // told why (421) over TLS; see the smtpd session.
     fn client_auth_mandatory(&self) -> bool {
-        self.require
+        false
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -221,5 +234,30 @@ impl ClientCertVerifier for AskOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod req_tests {
+    use super::*;
+
+    fn certs(main_cf: &str) -> ClientCerts {
+        let cfg = Config::from_text(std::path::Path::new("/tmp"), main_cf).unwrap();
+        ClientCerts::from_config(&cfg, &rustls::crypto::ring::default_provider())
+    }
+
+    /// smtpd_tls_req_ccert holds only where TLS is required, as in Postfix.
+    #[test]
+    fn required_only_at_encrypt() {
+        let c = certs("smtpd_tls_req_ccert = yes\nsmtpd_tls_security_level = encrypt\n");
+        assert!(c.require && c.warnings.is_empty());
+        for other in [
+            "smtpd_tls_security_level = may\n",
+            "smtpd_tls_security_level = encrypt\nsmtpd_tls_wrappermode = yes\n",
+        ] {
+            let c = certs(&format!("smtpd_tls_req_ccert = yes\n{other}"));
+            assert!(!c.require, "{other}");
+            assert_eq!(c.warnings[0].0, "smtpd_tls_req_ccert");
+        }
     }
 }

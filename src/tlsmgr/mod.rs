@@ -24,8 +24,9 @@
 //!   asked for one; after the handshake its fingerprint (smtpd_tls_fingerprint_digest over the
 //!   certificate, then over its public key) is looked up in relay_clientcerts for
 //!   permit_tls_clientcerts, and its chain checked against smtpd_tls_CAfile/smtpd_tls_CApath
-//!   for permit_tls_all_clientcerts. smtpd_tls_req_ccert ends a session whose certificate is
-//!   missing or not trusted.
+//!   for permit_tls_all_clientcerts. smtpd_tls_req_ccert (honoured, as in Postfix,
+//!   only at smtpd_tls_security_level = encrypt and not in wrapper mode) answers the client's
+//!   next command with 421 and ends a session whose certificate is missing or not trusted.
 //!
 //! MESSAGES
 //!   `Anonymous|Untrusted|Trusted TLS connection established from host[addr]: TLSv1.3 with
