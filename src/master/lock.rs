@@ -55,7 +55,7 @@ impl PidLock {
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         // Postfix writes the pid right-aligned in 10 columns; tools only parse it.
-        write!(file, "{:>10}\n", std::process::id()).map_err(io)?;
+        writeln!(file, "{:>10}", std::process::id()).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(PidLock { _file: file, path })
     }

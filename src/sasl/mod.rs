@@ -325,7 +325,7 @@ impl Authenticator {
             mech: mech_uc.clone(),
             state: State::Done,
         };
-        if !offered.iter().any(|m| *m == mech_uc) {
+        if !offered.contains(&mech_uc) {
             let shown: String = mech.chars().take(100).collect();
             return (
                 ex,

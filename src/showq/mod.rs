@@ -150,99 +150,6 @@ pub fn format_json(entries: &[Entry]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(q: QueueName, id: &str, size: u64, sender: &str, r: &[(&str, Option<&str>)]) -> Entry {
-        Entry {
-            queue_name: q,
-            queue_id: id.into(),
-            arrival_time: 1_795_421_655,
-            message_size: size,
-            forced_expire: false,
-            sender: sender.into(),
-            recipients: r
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.map(str::to_string)))
-                .collect(),
-        }
-    }
-
-    const REFUSED: &str = "connect to 127.0.0.1[127.0.0.1]:10129: Connection refused";
-
-    #[test]
-    fn text_matches_postfix_layout() {
-        // Only the time column depends on TZ; the golden files were made in UTC.
-        let held = format!("delivery temporarily suspended: {REFUSED}");
-        let list = vec![
-            e(
-                QueueName::Deferred,
-                "59A0A9AA1B2",
-                451,
-                "",
-                &[("postmaster@example.net", Some(REFUSED))],
-            ),
-            e(
-                QueueName::Hold,
-                "5ACB19AA1B5",
-                376,
-                "ivan@example.com",
-                &[("judy@example.net", Some(&held))],
-            ),
-        ];
-        let out = format_text(&list, false);
-        let t = arrival(1_795_421_655);
-        let want = format!(
-            "{HEADER}\n59A0A9AA1B2     451 {t}  MAILER-DAEMON\n                   ({REFUSED})\n                                         postmaster@example.net\n\n5ACB19AA1B5!     376 {t}  ivan@example.com\n({held})\n                                         judy@example.net\n\n-- 0 Kbytes in 2 Requests.\n"
-        );
-        assert_eq!(out, want);
-        assert_eq!(format_text(&[], false), "Mail queue is empty\n");
-        // Hold and force-expired together; a reason-less recipient after a reason.
-        let mut m = e(
-            QueueName::Hold,
-            "ABC",
-            12,
-            "a@b",
-            &[("x@y", Some("r")), ("z@y", None)],
-        );
-        m.forced_expire = true;
-        let out = format_text(&[m], true);
-        let mut lines = out.lines();
-        assert_eq!(lines.next(), Some(LONG_HEADER));
-        assert_eq!(
-            lines.next().unwrap(),
-            format!("ABC!#                   12 {t} a@b")
-        );
-        assert_eq!(lines.next().unwrap(), format!("{:75}(r)", ""));
-        assert_eq!(lines.next().unwrap(), format!("{:47}x@y", ""));
-        assert_eq!(
-            lines.next().unwrap(),
-            format!("{:58}(reason unavailable)", "")
-        );
-    }
-
-    #[test]
-    fn json_matches_postfix_layout() {
-        let mut a = e(
-            QueueName::Active,
-            "935729AA198",
-            384,
-            "kate@example.com",
-            &[
-                ("leo@slow.example.net", None),
-                ("mia@slow.example.net", None),
-            ],
-        );
-        a.arrival_time = 1_795_422_019;
-        assert_eq!(
-            format_json(&[a]),
-            "{\"queue_name\": \"active\", \"queue_id\": \"935729AA198\", \"arrival_time\": 1795422019, \"message_size\": 384, \"forced_expire\": false, \"sender\": \"kate@example.com\", \"recipients\": [{\"address\": \"leo@slow.example.net\"}, {\"address\": \"mia@slow.example.net\"}]}\n"
-        );
-        assert_eq!(format_json(&[]), "");
-    }
-}
-
 /// `postqueue` (and `mailq`, which is `postqueue -p`): parses Postfix's flags and runs the
 /// request; returns the exit status.
 pub fn postqueue_main(prog: &str, args: &[String]) -> i32 {
@@ -364,5 +271,98 @@ pub fn postqueue_main(prog: &str, args: &[String]) -> i32 {
             exit::EX_UNAVAILABLE,
             format!("mail system is down: {e}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(q: QueueName, id: &str, size: u64, sender: &str, r: &[(&str, Option<&str>)]) -> Entry {
+        Entry {
+            queue_name: q,
+            queue_id: id.into(),
+            arrival_time: 1_795_421_655,
+            message_size: size,
+            forced_expire: false,
+            sender: sender.into(),
+            recipients: r
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.map(str::to_string)))
+                .collect(),
+        }
+    }
+
+    const REFUSED: &str = "connect to 127.0.0.1[127.0.0.1]:10129: Connection refused";
+
+    #[test]
+    fn text_matches_postfix_layout() {
+        // Only the time column depends on TZ; the golden files were made in UTC.
+        let held = format!("delivery temporarily suspended: {REFUSED}");
+        let list = vec![
+            e(
+                QueueName::Deferred,
+                "59A0A9AA1B2",
+                451,
+                "",
+                &[("postmaster@example.net", Some(REFUSED))],
+            ),
+            e(
+                QueueName::Hold,
+                "5ACB19AA1B5",
+                376,
+                "ivan@example.com",
+                &[("judy@example.net", Some(&held))],
+            ),
+        ];
+        let out = format_text(&list, false);
+        let t = arrival(1_795_421_655);
+        let want = format!(
+            "{HEADER}\n59A0A9AA1B2     451 {t}  MAILER-DAEMON\n                   ({REFUSED})\n                                         postmaster@example.net\n\n5ACB19AA1B5!     376 {t}  ivan@example.com\n({held})\n                                         judy@example.net\n\n-- 0 Kbytes in 2 Requests.\n"
+        );
+        assert_eq!(out, want);
+        assert_eq!(format_text(&[], false), "Mail queue is empty\n");
+        // Hold and force-expired together; a reason-less recipient after a reason.
+        let mut m = e(
+            QueueName::Hold,
+            "ABC",
+            12,
+            "a@b",
+            &[("x@y", Some("r")), ("z@y", None)],
+        );
+        m.forced_expire = true;
+        let out = format_text(&[m], true);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(LONG_HEADER));
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("ABC!#                   12 {t} a@b")
+        );
+        assert_eq!(lines.next().unwrap(), format!("{:75}(r)", ""));
+        assert_eq!(lines.next().unwrap(), format!("{:47}x@y", ""));
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("{:58}(reason unavailable)", "")
+        );
+    }
+
+    #[test]
+    fn json_matches_postfix_layout() {
+        let mut a = e(
+            QueueName::Active,
+            "935729AA198",
+            384,
+            "kate@example.com",
+            &[
+                ("leo@slow.example.net", None),
+                ("mia@slow.example.net", None),
+            ],
+        );
+        a.arrival_time = 1_795_422_019;
+        assert_eq!(
+            format_json(&[a]),
+            "{\"queue_name\": \"active\", \"queue_id\": \"935729AA198\", \"arrival_time\": 1795422019, \"message_size\": 384, \"forced_expire\": false, \"sender\": \"kate@example.com\", \"recipients\": [{\"address\": \"leo@slow.example.net\"}, {\"address\": \"mia@slow.example.net\"}]}\n"
+        );
+        assert_eq!(format_json(&[]), "");
     }
 }

@@ -124,8 +124,6 @@ fn parse_ip(addr: &str) -> Option<IpAddr> {
     })
 }
 
-/// Restrictions that take the next list item as their argument.
-
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -546,7 +544,7 @@ impl Policy {
                             services.insert(arg.clone(), Arc::new(c));
                         }
                     } else if known && r.ends_with("_access") && !tables.contains_key(arg) {
-                        let maps = Maps::open(&[arg.clone()])
+                        let maps = Maps::open(std::slice::from_ref(arg))
                             .map_err(|e| PolicyError::Config(format!("{r} {arg}: {e}")))?;
                         tables.insert(arg.clone(), maps);
                     }

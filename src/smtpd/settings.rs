@@ -263,6 +263,32 @@ fn parse_net(e: &str) -> Option<ipnet::IpNet> {
     e.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
 }
 
+impl Settings {
+    /// The reject footer for one session: `\n` starts a new reply line, a leading `\c`
+    /// continues the last one. Empty when none is configured.
+    pub fn footer(&self, info: &super::SessionInfo) -> Vec<String> {
+        if self.reject_footer.is_empty() {
+            return Vec::new();
+        }
+        let now = chrono::Local::now().format("%b %e %H:%M:%S").to_string();
+        let text = crate::config::expand::expand(&self.reject_footer, &|n| {
+            let v = match n {
+                "client_address" => info.client_addr.clone(),
+                "client_name" => info.client_name.clone(),
+                "client_port" => info.client_port.to_string(),
+                "localtime" => now.clone(),
+                "service" => info.service.clone(),
+                "reverse_client_name" => info.reverse_name.clone(),
+                "helo_name" => info.helo.clone().unwrap_or_default(),
+                _ => return None,
+            };
+            Some(v.replace('$', "$$"))
+        })
+        .unwrap_or_default();
+        text.split("\\n").map(str::to_string).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,31 +351,5 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(10));
         assert_eq!(s.tag, "postfix/submission/smtpd");
         assert_eq!(s.service, "submission");
-    }
-}
-
-impl Settings {
-    /// The reject footer for one session: `\n` starts a new reply line, a leading `\c`
-    /// continues the last one. Empty when none is configured.
-    pub fn footer(&self, info: &super::SessionInfo) -> Vec<String> {
-        if self.reject_footer.is_empty() {
-            return Vec::new();
-        }
-        let now = chrono::Local::now().format("%b %e %H:%M:%S").to_string();
-        let text = crate::config::expand::expand(&self.reject_footer, &|n| {
-            let v = match n {
-                "client_address" => info.client_addr.clone(),
-                "client_name" => info.client_name.clone(),
-                "client_port" => info.client_port.to_string(),
-                "localtime" => now.clone(),
-                "service" => info.service.clone(),
-                "reverse_client_name" => info.reverse_name.clone(),
-                "helo_name" => info.helo.clone().unwrap_or_default(),
-                _ => return None,
-            };
-            Some(v.replace('$', "$$"))
-        })
-        .unwrap_or_default();
-        text.split("\\n").map(str::to_string).collect()
     }
 }
