@@ -256,26 +256,10 @@ fn failing_alias_member_is_named_in_the_notice() {
             && log.contains("status=bounced (unknown user: \"test\")"),
         "{log}"
     );
-    use mail_parser::MimeHeaders;
     let mut orcpts = Vec::new();
     for p in carol() {
         let raw = std::fs::read(&p).unwrap();
-        let msg = mail_parser::MessageParser::default()
-            .parse(&raw)
-            .expect("notice parses");
-        assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
-        let part = |ctype: &str| {
-            msg.parts
-                .iter()
-                .find(|p| {
-                    p.content_type().is_some_and(|ct| {
-                        format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default())
-                            .eq_ignore_ascii_case(ctype)
-                    })
-                })
-                .map(|p| String::from_utf8_lossy(p.contents()).replace("\r\n", "\n"))
-                .unwrap_or_else(|| panic!("no {ctype} part in {}", String::from_utf8_lossy(&raw)))
-        };
+        let part = |ctype: &str| notice_part(&raw, ctype);
         let text = part("text/plain");
         assert!(
             text.contains(
@@ -311,5 +295,107 @@ fn failing_alias_member_is_named_in_the_notice() {
             "Original-Recipient: rfc822;toto@mail.test"
         ]
     );
+    inst.stop();
+}
+
+/// A bounce notice's part of MIME type `ctype`, LF line ends.
+fn notice_part(raw: &[u8], ctype: &str) -> String {
+    use mail_parser::MimeHeaders;
+    let msg = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("notice parses");
+    assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
+    msg.parts
+        .iter()
+        .find(|p| {
+            p.content_type().is_some_and(|ct| {
+                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default())
+                    .eq_ignore_ascii_case(ctype)
+            })
+        })
+        .map(|p| String::from_utf8_lossy(p.contents()).replace("\r\n", "\n"))
+        .unwrap_or_else(|| panic!("no {ctype} part in {}", String::from_utf8_lossy(raw)))
+}
+
+/// When several members of one alias fail, Postfix 3.7's notice lists each of them (text
+/// paragraph and delivery-status block), not the members that were delivered; qmgr still
+/// keeps one recipient with one status.
+#[test]
+fn each_failing_alias_member_is_named_in_the_notice() {
+    let mut inst = Instance::with_main_cf_extra(
+        "mydestination = mail.test\nmyorigin = mail.test\nalias_maps = texthash:$config_directory/aliases\nlocal_recipient_maps = texthash:$config_directory/users $alias_maps\nlocal_mailbox_base = $queue_directory/localusers\nhome_mailbox = Maildir/\n",
+    );
+    std::fs::write(inst.conf().join("aliases"), "trio: test, bob, nemo\n").unwrap();
+    std::fs::write(inst.conf().join("users"), "bob x\n").unwrap();
+    inst.start();
+    let mut c = Smtp::connect(inst.smtp_port);
+    c.reply();
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<carol@localhost>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<trio@mail.test> ORCPT=rfc822;trio@mail.test");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let r = c.cmd("Subject: to three\r\n\r\npour trio\r\n.");
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    let carol = || inst.maildir_new("carol");
+    assert!(
+        wait_until(Duration::from_secs(20), || !carol().is_empty()),
+        "{}",
+        inst.log()
+    );
+    assert_eq!(local_new(&inst, "bob").len(), 1, "{}", inst.log());
+    // The log lines stay one per member, under the member with the recipient as orig_to.
+    let log = inst.log();
+    for m in ["test", "nemo"] {
+        assert!(
+            log.contains(&format!(
+                "to=<{m}@mail.test>, orig_to=<trio@mail.test>, relay=local, "
+            )) && log.contains(&format!("status=bounced (unknown user: \"{m}\")")),
+            "{log}"
+        );
+    }
+    assert!(
+        log.contains("to=<bob@mail.test>, orig_to=<trio@mail.test>, relay=local, "),
+        "{log}"
+    );
+    let notices = carol();
+    assert_eq!(notices.len(), 1, "{log}");
+    let raw = std::fs::read(&notices[0]).unwrap();
+    let text = notice_part(&raw, "text/plain");
+    for m in ["test", "nemo"] {
+        assert!(
+            text.contains(&format!(
+                "\n<{m}@mail.test> (expanded from <trio@mail.test>): unknown user: \"{m}\"\n"
+            )),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("bob@"), "{text}");
+    let report = notice_part(&raw, "message/delivery-status");
+    // The per-message block, then one per failing member in delivery order.
+    let blocks: Vec<Vec<&str>> = report
+        .split("\n\n")
+        .skip(1)
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| b.lines().collect())
+        .collect();
+    assert_eq!(blocks.len(), 2, "{report}");
+    for (b, m) in blocks.iter().zip(["test", "nemo"]) {
+        assert_eq!(
+            &b[..4],
+            [
+                format!("Final-Recipient: rfc822; {m}@mail.test").as_str(),
+                "Original-Recipient: rfc822;trio@mail.test",
+                "Action: failed",
+                "Status: 5.1.1"
+            ],
+            "{report}"
+        );
+        assert!(
+            b.contains(&format!("Diagnostic-Code: X-Postfix; unknown user: \"{m}\"").as_str()),
+            "{report}"
+        );
+    }
     inst.stop();
 }

@@ -11,15 +11,24 @@ pub enum Outcome {
     Sent { dsn: String, detail: String },
     /// Try again later.
     Deferred { dsn: String, reason: String },
-    /// Permanent failure: the sender gets a notice. `final_rcpt`: the address that failed when
-    /// it is not the queue's recipient (an alias member local(8) expanded it to), which the
-    /// notice reports as Postfix does: `<member> (expanded from <recipient>)`.
+    /// Permanent failure: the sender gets a notice. `failed`: the addresses that failed when
+    /// they are not just the queue's recipient (alias members local(8) expanded it to), each
+    /// reported in the notice as Postfix does: `<member> (expanded from <recipient>)`. Empty:
+    /// the notice reports the recipient with `dsn` and `reason`.
     Bounced {
         dsn: String,
         reason: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        final_rcpt: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<Failed>,
     },
+}
+
+/// One address that failed for a bounced recipient: what its notice entry reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    pub address: String,
+    pub dsn: String,
+    pub reason: String,
 }
 
 impl Outcome {
@@ -39,7 +48,7 @@ impl Outcome {
         Outcome::Bounced {
             dsn: dsn.into(),
             reason: reason.into(),
-            final_rcpt: None,
+            failed: Vec::new(),
         }
     }
 
@@ -48,19 +57,23 @@ impl Outcome {
     pub fn for_final_rcpt(self, addr: &str) -> Self {
         match self {
             Outcome::Bounced { dsn, reason, .. } => Outcome::Bounced {
+                failed: vec![Failed {
+                    address: addr.to_string(),
+                    dsn: dsn.clone(),
+                    reason: reason.clone(),
+                }],
                 dsn,
                 reason,
-                final_rcpt: Some(addr.to_string()),
             },
             other => other,
         }
     }
 
-    /// The address a bounce is about when it is not the queue's recipient.
-    pub fn final_rcpt(&self) -> Option<&str> {
+    /// The addresses a bounce is about when they are not just the queue's recipient.
+    pub fn failed(&self) -> &[Failed] {
         match self {
-            Outcome::Bounced { final_rcpt, .. } => final_rcpt.as_deref(),
-            _ => None,
+            Outcome::Bounced { failed, .. } => failed,
+            _ => &[],
         }
     }
 

@@ -36,8 +36,9 @@
 //!   outcome combines its destinations: any deferral defers it (the whole recipient is tried
 //!   again), else any bounce bounces it, else sent. As in Postfix, each destination is
 //!   logged on its own line under the address it was expanded to, with the queue's recipient
-//!   as orig_to, and the notice names the failing member: `<member> (expanded from
-//!   <recipient>): reason`, `Final-Recipient: rfc822; member`.
+//!   as orig_to, and the notice names each failing member (qmgr records the first's status
+//!   for the recipient): `<member> (expanded from <recipient>): reason`, `Final-Recipient:
+//!   rfc822; member`.
 //!
 //! QUEUES
 //!   Forwarded mail is committed to incoming (durably, before the recipient is recorded as
@@ -76,7 +77,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::agent::{AgentTable, Deliver};
-use crate::delivery::{log_outcome, BoxFuture, Job, JobRcpt, Outcome, Transport};
+use crate::delivery::{log_outcome, BoxFuture, Failed, Job, JobRcpt, Outcome, Transport};
 use crate::envelope::{Envelope, Origin, Recipient};
 use crate::queue::{Queue, QueueName, Record};
 use crate::r#virtual::maildir;
@@ -646,13 +647,35 @@ fn plan(s: &Settings, rw: &Rewriter, content: &[u8], address: &str) -> Vec<Actio
     e.out
 }
 
-/// One outcome for a recipient out of its destinations' outcomes.
-fn combine(outs: Vec<Outcome>) -> Outcome {
+/// One outcome for a recipient (`rcpt`) out of its destinations' outcomes.
+fn combine(rcpt: &str, outs: Vec<Outcome>) -> Outcome {
     if let Some(d) = outs.iter().find(|o| matches!(o, Outcome::Deferred { .. })) {
         return d.clone();
     }
-    if let Some(b) = outs.iter().find(|o| matches!(o, Outcome::Bounced { .. })) {
-        return b.clone();
+    let mut bounces = outs.iter().filter(|o| matches!(o, Outcome::Bounced { .. }));
+    if let Some(b) = bounces.next() {
+        if bounces.next().is_none() {
+            return b.clone();
+        }
+        // Several destinations failed: the first decides what qmgr records, and the notice
+        // lists each failing address, as Postfix's local(8) appends one bounce record each.
+        let failed = outs
+            .iter()
+            .filter(|o| matches!(o, Outcome::Bounced { .. }))
+            .flat_map(|o| match o.failed() {
+                [] => vec![Failed {
+                    address: rcpt.to_string(),
+                    dsn: o.dsn().to_string(),
+                    reason: o.text().to_string(),
+                }],
+                f => f.to_vec(),
+            })
+            .collect();
+        return Outcome::Bounced {
+            dsn: b.dsn().to_string(),
+            reason: b.text().to_string(),
+            failed,
+        };
     }
     match outs.len() {
         0 => Outcome::bounced("5.3.0", "alias expands to nothing"),
@@ -924,7 +947,7 @@ impl Transport for LocalTransport {
                     outs.push(o);
                 }
                 let nothing = outs.is_empty();
-                let o = combine(outs);
+                let o = combine(&r.address, outs);
                 if nothing {
                     log_as(&r.address, &o);
                 }

@@ -348,7 +348,7 @@ async fn delivers_forwards_and_runs_commands() {
         by[&2]
     );
     // A command of the alias itself fails: the notice names the recipient, no member.
-    assert_eq!(by[&2].final_rcpt(), None);
+    assert!(by[&2].failed().is_empty());
     assert!(matches!(by[&3], Outcome::Deferred { .. }), "{:?}", by[&3]);
     if passwd::is_root() {
         // /file destinations are refused as root (relais does not write as another user).
@@ -378,4 +378,39 @@ async fn delivers_forwards_and_runs_commands() {
         "{:?}",
         by[&5]
     );
+}
+
+#[test]
+fn several_failing_destinations_are_each_kept_for_the_notice() {
+    // The alias's own command and a member fail, another member is delivered: the first
+    // failure is the recipient's status, and the notice gets both failures in order.
+    let outs = vec![
+        Outcome::bounced("5.3.0", "Command died with status 1: \"false\""),
+        Outcome::sent("2.0.0", "delivered to maildir"),
+        Outcome::bounced("5.1.1", "unknown user: \"test\"").for_final_rcpt("test@mail.example"),
+    ];
+    let o = combine("toto@mail.example", outs.clone());
+    assert_eq!((o.dsn(), o.status_word()), ("5.3.0", "bounced"));
+    assert_eq!(o.text(), outs[0].text());
+    let f: Vec<_> = o
+        .failed()
+        .iter()
+        .map(|f| (f.address.as_str(), f.dsn.as_str(), f.reason.as_str()))
+        .collect();
+    assert_eq!(
+        f,
+        [
+            (
+                "toto@mail.example",
+                "5.3.0",
+                "Command died with status 1: \"false\""
+            ),
+            ("test@mail.example", "5.1.1", "unknown user: \"test\"")
+        ]
+    );
+    // One failure alone stays as it was; a deferral still defers the whole recipient.
+    assert_eq!(combine("toto@mail.example", outs[2..].to_vec()), outs[2]);
+    let mut d = outs.clone();
+    d.push(Outcome::deferred("4.2.0", "later"));
+    assert_eq!(combine("toto@mail.example", d).status_word(), "deferred");
 }

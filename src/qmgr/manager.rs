@@ -11,7 +11,7 @@ use super::dest::{DestKey, Dests, Feedback, Feedback2, Policy};
 use crate::bounce::notice::{self, Kind, Notice, Rcpt as NoticeRcpt};
 use crate::config::Config;
 use crate::delivery::agent::{AgentTable, Deliver, DeliveryAgent};
-use crate::delivery::{Job, JobRcpt, Outcome};
+use crate::delivery::{Failed, Job, JobRcpt, Outcome};
 use crate::envelope::{Envelope, Origin, RcptStatus, Recipient};
 use crate::queue::{Meta, Queue, QueueEvent, QueueName, Record};
 use crate::trivial_rewrite::Rewriter;
@@ -966,16 +966,31 @@ async fn send_notice(
     };
     let rcpts: Vec<NoticeRcpt> = idx
         .iter()
-        .filter_map(|&i| {
-            let r = record.envelope.recipients.get(i)?;
-            let o = outcomes.get(&i);
-            let (status, reason) = match o {
-                Some(o) => (o.dsn().to_string(), o.text().to_string()),
-                None => (
-                    r.dsn_status.clone().unwrap_or_else(|| "4.0.0".into()),
-                    r.reason.clone().unwrap_or_default(),
-                ),
+        .filter_map(|&i| Some((record.envelope.recipients.get(i)?, outcomes.get(&i))))
+        // The addresses that failed: alias members local(8) expanded the recipient to, one
+        // entry each, or the recipient.
+        .flat_map(|(r, o)| {
+            let failed = match o {
+                Some(o) if !o.failed().is_empty() => o.failed().to_vec(),
+                Some(o) => vec![Failed {
+                    address: r.address.clone(),
+                    dsn: o.dsn().to_string(),
+                    reason: o.text().to_string(),
+                }],
+                None => vec![Failed {
+                    address: r.address.clone(),
+                    dsn: r.dsn_status.clone().unwrap_or_else(|| "4.0.0".into()),
+                    reason: r.reason.clone().unwrap_or_default(),
+                }],
             };
+            failed.into_iter().map(move |f| (r, f))
+        })
+        .map(|(r, f)| {
+            let Failed {
+                address,
+                dsn: status,
+                reason,
+            } = f;
             let diagnostic = Some(match reason.split_once(" said: ") {
                 Some((_, said)) => format!(
                     "smtp; {}",
@@ -987,19 +1002,14 @@ async fn send_notice(
                 .strip_prefix("host ")
                 .and_then(|r| r.split_once('['))
                 .map(|(h, _)| format!("dns; {h}"));
-            // The address that failed: an alias member local(8) expanded the recipient to,
-            // or the recipient; its original is reported when it differs, as Postfix does.
-            let address = o
-                .and_then(Outcome::final_rcpt)
-                .unwrap_or(&r.address)
-                .to_string();
+            // Its original is reported when it differs, as Postfix does.
             let original = if r.original.is_empty() {
                 &r.address
             } else {
                 &r.original
             };
             let original = (!original.eq_ignore_ascii_case(&address)).then(|| original.clone());
-            Some(NoticeRcpt {
+            NoticeRcpt {
                 address,
                 original,
                 orcpt: r.orcpt.clone(),
@@ -1007,7 +1017,7 @@ async fn send_notice(
                 reason,
                 remote_mta,
                 diagnostic,
-            })
+            }
         })
         .collect();
     let now = Local::now();
