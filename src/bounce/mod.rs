@@ -10,7 +10,9 @@
 //!   sent, RET=HDRS returns only the headers, ENVID and ORCPT are reported. A recipient that
 //!   differs from its original (an alias member, a rewritten address) is reported as Postfix
 //!   does: `<member> (expanded from <original>): reason`, Final-Recipient the member, and
-//!   Original-Recipient the ORCPT or else `rfc822; original`.
+//!   Original-Recipient the ORCPT (cleanup records one for every recipient, as Postfix's
+//!   dsn_orig_rcpt) or else `rfc822; original`; every failing member of an alias gets its
+//!   own paragraph and delivery-status block.
 //!
 //!   No bounce of a bounce: when mail with the null sender fails, a double bounce
 //!   ("Postmaster Copy: Undelivered Mail", headers only) goes to 2bounce_notice_recipient
