@@ -133,8 +133,9 @@ fn python(script: &str) -> (bool, String) {
     )
 }
 
-/// RCPT TO a remote domain over STARTTLS, with or without a client certificate: the reply.
-fn relay_attempt(port: u16, cert: Option<(&Path, &Path)>) -> String {
+/// A Python smtplib session: EHLO and STARTTLS, with or without a client certificate, then
+/// `rest` (Python lines using `s`); its output.
+fn starttls_session(port: u16, cert: Option<(&Path, &Path)>, rest: &str) -> (bool, String) {
     let load = match cert {
         Some((k, c)) => format!(
             "ctx.load_cert_chain({:?}, {:?})",
@@ -143,19 +144,25 @@ fn relay_attempt(port: u16, cert: Option<(&Path, &Path)>) -> String {
         ),
         None => String::new(),
     };
-    let script = format!(
+    python(&format!(
         r#"
 import smtplib, ssl
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 {load}
 s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
-s.ehlo("client.test"); s.starttls(context=ctx); s.ehlo("client.test")
-s.mail("a@client.test")
-print(s.rcpt("x@remote.example"))
-s.quit()
+s.ehlo("client.test"); s.starttls(context=ctx)
+{rest}
 "#
+    ))
+}
+
+/// RCPT TO a remote domain over STARTTLS, with or without a client certificate: the reply.
+fn relay_attempt(port: u16, cert: Option<(&Path, &Path)>) -> String {
+    let (ok, out) = starttls_session(
+        port,
+        cert,
+        "s.ehlo(\"client.test\")\ns.mail(\"a@client.test\")\nprint(s.rcpt(\"x@remote.example\"))\ns.quit()",
     );
-    let (ok, out) = python(&script);
     assert!(ok, "{out}");
     out
 }
@@ -233,26 +240,7 @@ fn client_certificates_allow_relay() {
 
 /// After STARTTLS, the client's next command, as Python's smtplib sees the answer to it.
 fn ehlo_after_starttls(port: u16, cert: Option<(&Path, &Path)>) -> String {
-    let load = match cert {
-        Some((k, c)) => format!(
-            "ctx.load_cert_chain({:?}, {:?})",
-            c.display().to_string(),
-            k.display().to_string()
-        ),
-        None => String::new(),
-    };
-    let script = format!(
-        r#"
-import smtplib, ssl
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-{load}
-s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
-s.ehlo("client.test"); s.starttls(context=ctx)
-print(s.ehlo("client.test"))
-"#
-    );
-    let (_, out) = python(&script);
-    out
+    starttls_session(port, cert, "print(s.ehlo(\"client.test\"))").1
 }
 
 /// smtpd_tls_req_ccert at security level encrypt, as Postfix: the handshake completes, the
