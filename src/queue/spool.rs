@@ -221,6 +221,22 @@ pub struct SledSpool {
     index: sled::Tree,
     renames: sled::Tree,
     stripes: Vec<Mutex<()>>,
+    /// A change stopped between its writes (an error or a panic): the next open must not
+    /// trust this run's shutdown, see [`CLOSED_CLEANLY`].
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// Written when the spool is dropped with every change complete, removed at open. Without it
+/// the next open looks for bodies left without a record, which reads every body.
+pub const CLOSED_CLEANLY: &[u8] = b"relais:closed-cleanly";
+
+/// Marks the spool broken unless the change it guards finishes (`std::mem::forget`).
+struct Unfinished<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 const STRIPES: usize = 64;
@@ -245,9 +261,11 @@ impl SledSpool {
             index: db.open_tree("index")?,
             renames: db.open_tree("renames")?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            broken: std::sync::atomic::AtomicBool::new(false),
             db,
         };
-        if spool.repair()? {
+        let clean = spool.db.remove(CLOSED_CLEANLY)?.is_some();
+        if spool.repair(!clean)? || clean {
             spool.db.flush()?;
         }
         Ok(spool)
@@ -255,9 +273,9 @@ impl SledSpool {
 
     /// Finishes or undoes what a crash interrupted: a journalled reinjection is completed
     /// when its new record exists and undone otherwise; index entries that disagree with
-    /// their record go, missing ones are added; bodies without a record go. Returns whether
-    /// anything changed.
-    pub fn repair(&self) -> Result<bool, SpoolError> {
+    /// their record go, missing ones are added; with `bodies` (after a crash), bodies without
+    /// a record go. Returns whether anything changed.
+    pub fn repair(&self, bodies: bool) -> Result<bool, SpoolError> {
         let mut changed = false;
         for kv in self.renames.iter() {
             let (new, old) = kv?;
@@ -292,11 +310,13 @@ impl SledSpool {
                 changed = true;
             }
         }
-        for kv in self.content.iter() {
-            let (id, _) = kv?;
-            if !self.records.contains_key(&id)? {
-                self.content.remove(&id)?;
-                changed = true;
+        if bodies {
+            for kv in self.content.iter() {
+                let (id, _) = kv?;
+                if !self.records.contains_key(&id)? {
+                    self.content.remove(&id)?;
+                    changed = true;
+                }
             }
         }
         Ok(changed)
@@ -328,6 +348,8 @@ impl SledSpool {
     /// Test helper: writes only the first `steps` writes of a reinjection of `old` as
     /// `new`, as a crash would leave them.
     pub fn rename_interrupted(&self, old: &str, new: &str, steps: usize) -> Result<(), SpoolError> {
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let v = self
             .records
             .get(old.as_bytes())?
@@ -375,10 +397,12 @@ impl Spool for SledSpool {
             return Ok(false);
         }
         // Body and index first: the record, written last, is the commit point.
+        let unfinished = Unfinished(&self.broken);
         self.content.insert(id.as_bytes(), content)?;
         self.index.insert(index_key(state, id), Vec::<u8>::new())?;
         self.records
             .insert(id.as_bytes(), record_value(state, record))?;
+        std::mem::forget(unfinished);
         Ok(true)
     }
     fn get(&self, id: &str) -> Result<Option<(u8, Vec<u8>)>, SpoolError> {
@@ -417,6 +441,7 @@ impl Spool for SledSpool {
         };
         let (state, rec) = split(&old);
         let change = f(state, rec);
+        let unfinished = Unfinished(&self.broken);
         match &change {
             Change::Keep => {}
             Change::Put(s, new) => {
@@ -435,6 +460,7 @@ impl Spool for SledSpool {
                 self.index.remove(index_key(state, id))?;
             }
         }
+        std::mem::forget(unfinished);
         Ok(Some(change))
     }
     fn rename(
@@ -463,6 +489,7 @@ impl Spool for SledSpool {
             return Ok(false);
         };
         let body = self.content.get(old.as_bytes())?.unwrap_or_default();
+        let unfinished = Unfinished(&self.broken);
         // Journal first: repair completes the rename if the new record made it, and
         // undoes it otherwise, so the message is never lost nor left twice.
         self.renames.insert(new.as_bytes(), old.as_bytes())?;
@@ -474,6 +501,7 @@ impl Spool for SledSpool {
         self.index.remove(index_key(state, old))?;
         self.content.remove(old.as_bytes())?;
         self.renames.remove(new.as_bytes())?;
+        std::mem::forget(unfinished);
         Ok(true)
     }
     fn flush(&self) -> Result<(), SpoolError> {
@@ -513,5 +541,16 @@ fn split(v: &[u8]) -> (u8, &[u8]) {
         Some((s, rest)) => (*s, rest),
         // An empty value has no state byte: 0xFF is no state, so it decodes as corrupt.
         None => (0xFF, &[]),
+    }
+}
+
+impl Drop for SledSpool {
+    fn drop(&mut self) {
+        // Every change finished: the next open need not look for orphaned bodies.
+        if !self.broken.load(std::sync::atomic::Ordering::Relaxed)
+            && self.db.insert(CLOSED_CLEANLY, &[]).is_ok()
+        {
+            let _ = self.db.flush();
+        }
     }
 }

@@ -470,6 +470,8 @@ fn repair_mends_index_and_orphan_bodies() {
                 .segment_size(crate::queue::spool::SEGMENT_SIZE)
                 .open()
         });
+        // A crash: no closed-cleanly mark.
+        db.remove(crate::queue::spool::CLOSED_CLEANLY).unwrap();
         db.open_tree("records").unwrap().remove("BBB").unwrap();
         db.open_tree("content")
             .unwrap()
@@ -482,7 +484,10 @@ fn repair_mends_index_and_orphan_bodies() {
         db.flush().unwrap();
     }
     let spool = reopen(|| SledSpool::open(&path));
-    assert!(!spool.repair().unwrap(), "open already repaired everything");
+    assert!(
+        !spool.repair(true).unwrap(),
+        "open already repaired everything"
+    );
     assert_eq!(
         spool.ids(QueueName::Deferred.byte(), usize::MAX).unwrap(),
         vec!["AAA"]
@@ -493,5 +498,50 @@ fn repair_mends_index_and_orphan_bodies() {
         .is_empty());
     assert!(spool.content("ZZZ").unwrap().is_none());
     assert!(spool.content("BBB").unwrap().is_none());
+    assert_eq!(spool.content("AAA").unwrap().unwrap(), b"c");
+}
+
+/// After a clean close the next open skips the scan of every body (the mark says no change
+/// was cut); after a change was cut, it scans.
+#[test]
+fn only_a_run_that_was_cut_short_costs_a_body_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let orphan = |key: &str| {
+        let db = reopen(|| {
+            sled::Config::new()
+                .path(&path)
+                .segment_size(crate::queue::spool::SEGMENT_SIZE)
+                .open()
+        });
+        let marked = db
+            .get(crate::queue::spool::CLOSED_CLEANLY)
+            .unwrap()
+            .is_some();
+        db.open_tree("content").unwrap().insert(key, "x").unwrap();
+        db.flush().unwrap();
+        marked
+    };
+    {
+        let spool = SledSpool::open(&path).unwrap();
+        spool
+            .insert("AAA", QueueName::Incoming.byte(), b"r", b"c")
+            .unwrap();
+    }
+    assert!(orphan("ZZZ"), "a clean close leaves the mark");
+    {
+        let spool = reopen(|| SledSpool::open(&path));
+        assert!(
+            spool.content("ZZZ").unwrap().is_some(),
+            "no scan after a clean close"
+        );
+        // A change cut between its writes: the next open must scan.
+        spool.rename_interrupted("AAA", "NEW1", 2).unwrap();
+    }
+    assert!(!orphan("YYY"), "no mark after a cut change");
+    let spool = reopen(|| SledSpool::open(&path));
+    assert!(spool.content("YYY").unwrap().is_none());
+    assert!(spool.content("ZZZ").unwrap().is_none());
+    assert!(spool.content("NEW1").unwrap().is_none());
     assert_eq!(spool.content("AAA").unwrap().unwrap(), b"c");
 }
