@@ -331,7 +331,11 @@ impl SledSpool {
     }
 
     fn lock(&self, id: &str) -> Result<std::sync::MutexGuard<'_, ()>, SpoolError> {
-        self.stripes[self.stripe(id)]
+        self.lock_stripe(self.stripe(id))
+    }
+
+    fn lock_stripe(&self, i: usize) -> Result<std::sync::MutexGuard<'_, ()>, SpoolError> {
+        self.stripes[i]
             .lock()
             .map_err(|_| SpoolError::Other("spool stripe lock poisoned".into()))
     }
@@ -471,13 +475,12 @@ impl Spool for SledSpool {
     ) -> Result<bool, SpoolError> {
         // Both IDs' stripes, in stripe order so that two renames cannot deadlock.
         let (a, b) = (self.stripe(old), self.stripe(new));
-        let lock = |i: usize| {
-            self.stripes[i]
-                .lock()
-                .map_err(|_| SpoolError::Other("spool stripe lock poisoned".into()))
+        let _first = self.lock_stripe(a.min(b))?;
+        let _second = if a != b {
+            Some(self.lock_stripe(a.max(b))?)
+        } else {
+            None
         };
-        let _first = lock(a.min(b))?;
-        let _second = if a != b { Some(lock(a.max(b))?) } else { None };
         if self.records.contains_key(new.as_bytes())? {
             return Ok(false);
         }
