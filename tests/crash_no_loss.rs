@@ -1,6 +1,7 @@
 //! No loss on crash: every message acknowledged with `250 2.0.0 Ok: queued as ID` is in the
 //! queue, content intact, after the daemon is killed with SIGKILL mid-stream and restarted;
-//! and a clean stop/start keeps the queue as it was.
+//! and a clean stop/start keeps the queue as it was. Half the messages are small (bodies in
+//! sled), half large (bodies in segment files beside it).
 
 mod common;
 use common::*;
@@ -61,9 +62,12 @@ fn client(
         if !cmd(&mut w, &mut r, "DATA")?.starts_with("354") {
             break;
         }
+        // Every other message is large enough (14 KB) for a body segment file, the others
+        // stay in sled: both kinds must survive.
+        let filler = if i % 2 == 1 { 2000 } else { 200 };
         let body = format!(
             "Subject: crash test {thread}/{i}\r\n\r\n{marker}\r\n{}\r\n.\r\n",
-            "filler ".repeat(200)
+            "filler ".repeat(filler)
         );
         w.write_all(body.as_bytes())?;
         let rep = reply(&mut r)?;

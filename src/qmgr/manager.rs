@@ -212,6 +212,8 @@ pub struct Qmgr {
     activating: HashSet<String>,
     /// An incoming-only scan is in flight; `rescan` asks for another when it returns.
     scanning: bool,
+    /// A body-segment compaction is running (one at a time).
+    compacting: bool,
     rescan: bool,
     dests: Dests,
     /// Log lines carry `syslog_name/qmgr`.
@@ -259,6 +261,7 @@ impl Qmgr {
             active: HashMap::new(),
             activating: HashSet::new(),
             scanning: false,
+            compacting: false,
             rescan: false,
             dests: Dests::default(),
             span: crate::log::service_span!(tag),
@@ -1091,7 +1094,31 @@ impl Actor for Qmgr {
             act.scan(ctx, false, false, None)
         });
         let every = self.settings.queue_run_delay.max(Duration::from_secs(1));
-        ctx.run_interval(every, |act, ctx| act.scan(ctx, true, false, None));
+        ctx.run_interval(every, |act, ctx| {
+            act.scan(ctx, true, false, None);
+            act.compact(ctx);
+        });
+    }
+}
+
+impl Qmgr {
+    /// Lets the spool reclaim the segments of delivered bodies, on a blocking thread.
+    fn compact(&mut self, ctx: &mut Context<Self>) {
+        if self.compacting {
+            return;
+        }
+        self.compacting = true;
+        let queue = self.queue.clone();
+        ctx.spawn(async move { queue.compact().await }.into_actor(self).map(
+            |res, act, _| {
+                act.compacting = false;
+                match res {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!("queue compaction moved {n} bodies"),
+                    Err(e) => tracing::warn!("queue compaction: {e}"),
+                }
+            },
+        ));
     }
 }
 

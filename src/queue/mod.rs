@@ -35,6 +35,7 @@
 //!   queue_directory (/var/spool/postfix): the database is `$queue_directory/db`.
 //!   enable_long_queue_ids (no): long, time-ordered queue IDs.
 
+pub mod blob;
 pub mod id;
 pub mod spool;
 
@@ -784,6 +785,11 @@ impl Queue {
 
     /// The first `limit` IDs in one queue: the queue manager asks for no more than it has
     /// room for, so a long incoming queue does not cost a full scan per delivery.
+    /// Reclaims space left by removed messages' bodies; returns how many were moved.
+    pub async fn compact(&self) -> Result<usize, QueueError> {
+        self.blocking(|s| Ok(s.compact()?)).await
+    }
+
     pub async fn ids_upto(
         &self,
         queue: QueueName,

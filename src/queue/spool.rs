@@ -4,10 +4,14 @@
 //! A record value is one state byte followed by the bincode envelope record; content lives
 //! in its own tree so that status updates never rewrite the body. A third tree indexes
 //! `state byte + id` so that listing one queue does not scan the others. Every change has
-//! one commit point, the atomic write of the message's record (see [`SledSpool`]).
+//! one commit point, the atomic write of the message's record (see [`SledSpool`]). Bodies
+//! of [`BLOB_MIN`] bytes or more live in segment files beside the database, referenced from
+//! sled (see [`super::blob`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+use super::blob::{BlobError, BlobRef, BlobStore, BLOB_MIN};
 
 /// What an [`Spool::update`] callback decides for the record it was shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub enum Change {
 pub enum SpoolError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
     #[error("{0}")]
     Other(String),
 }
@@ -68,6 +74,11 @@ pub trait Spool: Send + Sync + 'static {
     fn flush(&self) -> Result<(), SpoolError>;
     /// A number unique across restarts, for queue IDs.
     fn generate_id(&self) -> Result<u64, SpoolError>;
+    /// Reclaims space held by removed messages' bodies (see [`SledSpool::compact`]);
+    /// returns how many bodies were moved.
+    fn compact(&self) -> Result<usize, SpoolError> {
+        Ok(0)
+    }
 }
 
 fn index_key(state: u8, id: &str) -> Vec<u8> {
@@ -204,8 +215,9 @@ impl Spool for MemSpool {
 }
 
 /// The production spool: one sled database. `records` (ID → state byte + record) is the
-/// truth; `content` holds bodies, `index` (state byte + ID) lists one queue without reading
-/// the others, and `renames` journals a reinjection in flight.
+/// truth; `content` holds small bodies, `blobs` references the large ones in segment files
+/// ([`BlobStore`]), `index` (state byte + ID) lists one queue without reading the others, and
+/// `renames` journals a reinjection in flight.
 ///
 /// No sled transactions: once a process uses one, sled puts every operation behind one
 /// process-wide lock, and its background flusher holds that lock's read side while it
@@ -218,6 +230,8 @@ pub struct SledSpool {
     db: sled::Db,
     records: sled::Tree,
     content: sled::Tree,
+    blobrefs: sled::Tree,
+    blobs: BlobStore,
     index: sled::Tree,
     renames: sled::Tree,
     stripes: Vec<Mutex<()>>,
@@ -258,6 +272,8 @@ impl SledSpool {
         let spool = SledSpool {
             records: db.open_tree("records")?,
             content: db.open_tree("content")?,
+            blobrefs: db.open_tree("blobs")?,
+            blobs: BlobStore::open(&bodies_dir(path))?,
             index: db.open_tree("index")?,
             renames: db.open_tree("renames")?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -268,7 +284,93 @@ impl SledSpool {
         if spool.repair(!clean)? || clean {
             spool.db.flush()?;
         }
+        // Count the references only now, after repair has dropped the stale ones.
+        for kv in spool.blobrefs.iter() {
+            let (id, v) = kv?;
+            let Some(r) = BlobRef::decode(&v) else {
+                continue;
+            };
+            if !spool.blobs.adopt(&r) {
+                tracing::warn!(
+                    "{}: body segment {} is missing",
+                    String::from_utf8_lossy(&id),
+                    r.seg
+                );
+            }
+        }
+        spool.blobs.prune()?;
         Ok(spool)
+    }
+
+    /// Copies the live bodies of mostly-dead segments ([`BlobStore::sparse`]) into the
+    /// current one, so that the old files can go. The copies are synced before a reference
+    /// moves to them, and an old segment is unlinked only after sled has flushed the moves:
+    /// a crash in between finds every body at its old place or at its new one.
+    pub fn compact_blobs(&self) -> Result<usize, SpoolError> {
+        let sparse = self.blobs.sparse();
+        if sparse.is_empty() {
+            return Ok(0);
+        }
+        let mut copies = Vec::new();
+        for kv in self.blobrefs.iter() {
+            let (id, v) = kv?;
+            let Some(old) = BlobRef::decode(&v).filter(|r| sparse.contains(&r.seg)) else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&id).into_owned();
+            // An unreadable body stays where it is; its message defers with a read error.
+            let Ok(body) = self.blobs.read(&old) else {
+                continue;
+            };
+            let new = self.blobs.write(&id, &body)?;
+            copies.push((id, old, new));
+        }
+        self.blobs.sync()?;
+        let mut moved = 0;
+        for (id, old, new) in copies {
+            let _g = self.lock(&id)?;
+            let current = self.blobrefs.get(id.as_bytes())?;
+            if current.as_deref().and_then(BlobRef::decode) == Some(old) {
+                self.blobrefs.insert(id.as_bytes(), &new.encode())?;
+                self.blobs.release(&old);
+                moved += 1;
+            } else {
+                // Delivered or removed meanwhile.
+                self.blobs.release(&new);
+            }
+        }
+        self.flush()?;
+        Ok(moved)
+    }
+
+    /// Test hook: segment files close at `n` bytes.
+    pub fn set_blob_segment_bytes(&mut self, n: u64) {
+        self.blobs.set_segment_bytes(n);
+    }
+
+    /// Body segment files present.
+    pub fn blob_segments(&self) -> usize {
+        self.blobs.segments()
+    }
+
+    fn blobref(&self, id: &str) -> Result<Option<BlobRef>, SpoolError> {
+        Ok(self
+            .blobrefs
+            .get(id.as_bytes())?
+            .and_then(|v| BlobRef::decode(&v)))
+    }
+
+    /// Removes `id`'s body, wherever it is.
+    fn remove_body(&self, id: &str) -> Result<(), SpoolError> {
+        self.content.remove(id.as_bytes())?;
+        if let Some(r) = self
+            .blobrefs
+            .remove(id.as_bytes())?
+            .and_then(|v| BlobRef::decode(&v))
+        {
+            self.blobs.release(&r);
+        }
+        Ok(())
     }
 
     /// Finishes or undoes what a crash interrupted: a journalled reinjection is completed
@@ -285,8 +387,10 @@ impl SledSpool {
                         .remove(index_key(split(&v).0, &String::from_utf8_lossy(&old)))?;
                 }
                 self.content.remove(&old)?;
+                self.blobrefs.remove(&old)?;
             } else {
                 self.content.remove(&new)?;
+                self.blobrefs.remove(&new)?;
             }
             self.renames.remove(&new)?;
             changed = true;
@@ -315,6 +419,25 @@ impl SledSpool {
                 let (id, _) = kv?;
                 if !self.records.contains_key(&id)? {
                     self.content.remove(&id)?;
+                    changed = true;
+                }
+            }
+            for kv in self.blobrefs.iter() {
+                let (id, v) = kv?;
+                let Some(record) = self.records.get(&id)? else {
+                    self.blobrefs.remove(&id)?;
+                    changed = true;
+                    continue;
+                };
+                // sled persisted the record before the body's segment was synced, then the
+                // process died: the flush that would have covered both never returned, so
+                // the message was never acknowledged and can go.
+                if !BlobRef::decode(&v).is_some_and(|r| self.blobs.verify(&r)) {
+                    let name = String::from_utf8_lossy(&id).into_owned();
+                    tracing::warn!("{name}: removed: its body was cut short by a crash before the message was acknowledged");
+                    self.records.remove(&id)?;
+                    self.index.remove(index_key(split(&record).0, &name))?;
+                    self.blobrefs.remove(&id)?;
                     changed = true;
                 }
             }
@@ -358,7 +481,8 @@ impl SledSpool {
             .records
             .get(old.as_bytes())?
             .ok_or_else(|| SpoolError::Other(format!("{old}: no such record")))?;
-        let body = self.content.get(old.as_bytes())?.unwrap_or_default();
+        let body = self.content.get(old.as_bytes())?;
+        let blob = self.blobrefs.get(old.as_bytes())?;
         let state = split(&v).0;
         let writes: [&dyn Fn() -> Result<(), sled::Error>; 4] = [
             &|| {
@@ -366,7 +490,15 @@ impl SledSpool {
                     .insert(new.as_bytes(), old.as_bytes())
                     .map(drop)
             },
-            &|| self.content.insert(new.as_bytes(), body.clone()).map(drop),
+            &|| {
+                if let Some(b) = &body {
+                    self.content.insert(new.as_bytes(), b.clone())?;
+                }
+                if let Some(b) = &blob {
+                    self.blobrefs.insert(new.as_bytes(), b.clone())?;
+                }
+                Ok(())
+            },
             &|| {
                 self.index
                     .insert(index_key(state, new), Vec::<u8>::new())
@@ -402,7 +534,15 @@ impl Spool for SledSpool {
         }
         // Body and index first: the record, written last, is the commit point.
         let unfinished = Unfinished(&self.broken);
-        self.content.insert(id.as_bytes(), content)?;
+        if content.len() >= BLOB_MIN {
+            let r = self.blobs.write(id, content)?;
+            if let Err(e) = self.blobrefs.insert(id.as_bytes(), &r.encode()) {
+                self.blobs.release(&r);
+                return Err(e.into());
+            }
+        } else {
+            self.content.insert(id.as_bytes(), content)?;
+        }
         self.index.insert(index_key(state, id), Vec::<u8>::new())?;
         self.records
             .insert(id.as_bytes(), record_value(state, record))?;
@@ -416,6 +556,9 @@ impl Spool for SledSpool {
         }))
     }
     fn content(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        if let Some(r) = self.blobref(id)? {
+            return Ok(Some(self.blobs.read(&r)?));
+        }
         Ok(self.content.get(id.as_bytes())?.map(|v| v.to_vec()))
     }
     fn ids(&self, state: u8, limit: usize) -> Result<Vec<String>, SpoolError> {
@@ -460,7 +603,7 @@ impl Spool for SledSpool {
             }
             Change::Remove => {
                 self.records.remove(id.as_bytes())?;
-                self.content.remove(id.as_bytes())?;
+                self.remove_body(id)?;
                 self.index.remove(index_key(state, id))?;
             }
         }
@@ -491,29 +634,55 @@ impl Spool for SledSpool {
         let Some((s, newrec)) = f(state, rec) else {
             return Ok(false);
         };
-        let body = self.content.get(old.as_bytes())?.unwrap_or_default();
+        let blob = self.blobref(old)?;
+        let body = match blob {
+            Some(_) => None,
+            None => Some(self.content.get(old.as_bytes())?.unwrap_or_default()),
+        };
         let unfinished = Unfinished(&self.broken);
         // Journal first: repair completes the rename if the new record made it, and
         // undoes it otherwise, so the message is never lost nor left twice.
         self.renames.insert(new.as_bytes(), old.as_bytes())?;
-        self.content.insert(new.as_bytes(), body)?;
+        if let Some(r) = &blob {
+            // Both IDs point at the one body until the old record goes.
+            self.blobs.retain(r);
+            self.blobrefs.insert(new.as_bytes(), &r.encode())?;
+        }
+        if let Some(body) = body {
+            self.content.insert(new.as_bytes(), body)?;
+        }
         self.index.insert(index_key(s, new), Vec::<u8>::new())?;
         self.records
             .insert(new.as_bytes(), record_value(s, &newrec))?;
         self.records.remove(old.as_bytes())?;
         self.index.remove(index_key(state, old))?;
-        self.content.remove(old.as_bytes())?;
+        self.remove_body(old)?;
         self.renames.remove(new.as_bytes())?;
         std::mem::forget(unfinished);
         Ok(true)
     }
     fn flush(&self) -> Result<(), SpoolError> {
+        // Bodies first: a record sled makes durable must find its body on disk.
+        self.blobs.sync()?;
+        let doomed = self.blobs.doomed();
         self.db.flush()?;
+        // Their references' removal is on disk now.
+        self.blobs.unlink_doomed(doomed)?;
         Ok(())
     }
     fn generate_id(&self) -> Result<u64, SpoolError> {
         Ok(self.db.generate_id()?)
     }
+    fn compact(&self) -> Result<usize, SpoolError> {
+        self.compact_blobs()
+    }
+}
+
+/// The body segments of the database at `path` live beside it, in `path` + `.bodies`.
+pub fn bodies_dir(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".bodies");
+    std::path::PathBuf::from(p)
 }
 /// Bytes per log segment for a new database: 8 MB. sled writes any log item over a quarter
 /// segment (a B-tree leaf of message bodies, up to 16 of them) to a file of its own, fsynced

@@ -395,12 +395,14 @@ fn existing_database_keeps_its_segment_size() {
 /// after repair at open, exactly one copy of the message with its body and one index entry.
 #[tokio::test]
 async fn interrupted_rename_is_completed_or_undone_at_open() {
+    // A small body (in sled) and a large one (in a body segment).
+    for body in [b"body".to_vec(), vec![b'b'; 3 * crate::queue::blob::BLOB_MIN]] {
     for steps in 0..=4 {
         let dir = tempfile::tempdir().unwrap();
         let old = {
             let q = Queue::open(dir.path(), false).unwrap();
             let old = q
-                .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), b"body".to_vec())
+                .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), body.clone())
                 .await
                 .unwrap();
             let spool = q.spool().clone();
@@ -423,11 +425,7 @@ async fn interrupted_rename_is_completed_or_undone_at_open() {
             .collect();
         let expect = if steps == 4 { "NEW1" } else { old.as_str() };
         assert_eq!(all, vec![expect.to_string()], "after {steps} writes");
-        assert_eq!(
-            q.content(expect).await.unwrap().unwrap(),
-            b"body",
-            "{steps}"
-        );
+        assert_eq!(q.content(expect).await.unwrap().unwrap(), body, "{steps}");
         let other = if steps == 4 { old.as_str() } else { "NEW1" };
         assert!(q.content(other).await.unwrap().is_none(), "{steps}");
         let listed: usize = [QueueName::Maildrop, QueueName::Incoming]
@@ -435,6 +433,7 @@ async fn interrupted_rename_is_completed_or_undone_at_open() {
             .map(|&qn| q.spool().ids(qn.byte(), usize::MAX).unwrap().len())
             .sum();
         assert_eq!(listed, 1, "index after {steps} writes");
+    }
     }
 }
 
@@ -544,4 +543,140 @@ fn only_a_run_that_was_cut_short_costs_a_body_scan() {
     assert!(spool.content("ZZZ").unwrap().is_none());
     assert!(spool.content("NEW1").unwrap().is_none());
     assert_eq!(spool.content("AAA").unwrap().unwrap(), b"c");
+}
+
+fn big(fill: u8, len: usize) -> Vec<u8> {
+    vec![fill; len]
+}
+
+/// Large bodies go to segment files and come back intact across a reopen; a reinjection
+/// shares its body; a segment whose bodies are all gone is unlinked after the next flush,
+/// the active one only once it is closed.
+#[test]
+fn large_bodies_live_in_segments_and_go_with_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let n = 30 << 10;
+    {
+        let mut spool = SledSpool::open(&path).unwrap();
+        spool.set_blob_segment_bytes(64 << 10);
+        for (id, fill) in [("AAA", b'a'), ("BBB", b'b'), ("CCC", b'c')] {
+            assert!(spool
+                .insert(id, QueueName::Incoming.byte(), b"r", &big(fill, n))
+                .unwrap());
+        }
+        // Under the threshold: stays in sled.
+        spool
+            .insert("SSS", QueueName::Incoming.byte(), b"r", b"small")
+            .unwrap();
+        spool.flush().unwrap();
+        assert_eq!(spool.blob_segments(), 2, "two bodies per 64 KB segment");
+        assert!(spool
+            .rename("AAA", "NEWA", &mut |s, r| Some((s, r.to_vec())))
+            .unwrap());
+        spool.flush().unwrap();
+        assert_eq!(spool.content("NEWA").unwrap().unwrap(), big(b'a', n));
+        assert!(spool.content("AAA").unwrap().is_none());
+    }
+    let bodies = crate::queue::spool::bodies_dir(&path);
+    let files = || std::fs::read_dir(&bodies).unwrap().count();
+    assert_eq!(files(), 2);
+    let spool = reopen(|| SledSpool::open(&path));
+    assert_eq!(spool.content("BBB").unwrap().unwrap(), big(b'b', n));
+    assert_eq!(spool.content("CCC").unwrap().unwrap(), big(b'c', n));
+    assert_eq!(spool.content("SSS").unwrap().unwrap(), b"small");
+    for id in ["NEWA", "BBB"] {
+        spool.update(id, &mut |_, _| Change::Remove).unwrap();
+    }
+    assert_eq!(files(), 2, "not before the removals are flushed");
+    spool.flush().unwrap();
+    assert_eq!(files(), 1, "the first segment went with its last body");
+    assert_eq!(spool.content("CCC").unwrap().unwrap(), big(b'c', n));
+    spool.update("CCC", &mut |_, _| Change::Remove).unwrap();
+    spool.flush().unwrap();
+    drop(spool);
+    let spool = reopen(|| SledSpool::open(&path));
+    assert_eq!(spool.blob_segments(), 0, "an unused segment is pruned at open");
+    assert_eq!(files(), 0);
+}
+
+/// A closed segment holding mostly removed bodies has its live ones copied forward, and
+/// goes; the copies survive a reopen.
+#[test]
+fn compaction_copies_live_bodies_out_of_sparse_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let n = 10 << 10;
+    let ids: Vec<String> = (0..7).map(|i| format!("ID{i}")).collect();
+    {
+        let mut spool = SledSpool::open(&path).unwrap();
+        spool.set_blob_segment_bytes(64 << 10);
+        for (i, id) in ids.iter().enumerate() {
+            spool
+                .insert(id, QueueName::Deferred.byte(), b"r", &big(b'0' + i as u8, n))
+                .unwrap();
+        }
+        spool.flush().unwrap();
+        assert_eq!(spool.blob_segments(), 2, "six bodies, then a seventh");
+        assert_eq!(spool.compact().unwrap(), 0, "nothing sparse yet");
+        for id in &ids[1..6] {
+            spool.update(id, &mut |_, _| Change::Remove).unwrap();
+        }
+        spool.flush().unwrap();
+        assert_eq!(spool.compact().unwrap(), 1, "ID0 moves");
+        assert_eq!(spool.blob_segments(), 1, "its old segment is gone");
+        assert_eq!(spool.content("ID0").unwrap().unwrap(), big(b'0', n));
+    }
+    let spool = reopen(|| SledSpool::open(&path));
+    assert_eq!(spool.content("ID0").unwrap().unwrap(), big(b'0', n));
+    assert_eq!(spool.content("ID6").unwrap().unwrap(), big(b'6', n));
+}
+
+/// sled can persist a record before the flush that syncs its body; if the process dies
+/// then, the body is torn and the message was never acknowledged. The next open drops it;
+/// the other messages stay.
+#[test]
+fn a_record_whose_body_was_torn_by_a_crash_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let n = 20 << 10;
+    {
+        let spool = SledSpool::open(&path).unwrap();
+        spool
+            .insert("GOOD", QueueName::Incoming.byte(), b"r", &big(b'g', n))
+            .unwrap();
+        spool
+            .insert("TORN", QueueName::Incoming.byte(), b"r", &big(b't', n))
+            .unwrap();
+        spool.flush().unwrap();
+    }
+    // The crash: the last body cut short, no closed-cleanly mark.
+    let seg = std::fs::read_dir(crate::queue::spool::bodies_dir(&path))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 100).unwrap();
+    drop(f);
+    {
+        let db = reopen(|| {
+            sled::Config::new()
+                .path(&path)
+                .segment_size(crate::queue::spool::SEGMENT_SIZE)
+                .open()
+        });
+        db.remove(crate::queue::spool::CLOSED_CLEANLY).unwrap();
+        db.flush().unwrap();
+    }
+    let spool = reopen(|| SledSpool::open(&path));
+    assert!(spool.get("TORN").unwrap().is_none());
+    assert!(spool
+        .ids(QueueName::Incoming.byte(), usize::MAX)
+        .unwrap()
+        .contains(&"GOOD".to_string()));
+    assert_eq!(spool.content("GOOD").unwrap().unwrap(), big(b'g', n));
+    assert_eq!(spool.ids(QueueName::Incoming.byte(), usize::MAX).unwrap().len(), 1);
 }
