@@ -139,3 +139,34 @@ fn undeliverable_mail_bounces_to_a_local_sender() {
     );
     inst.stop();
 }
+
+/// As in Postfix, qmgr routes an address of a virtual mailbox domain to virtual_transport
+/// even when virtual_mailbox_maps does not list it; virtual(8) bounces it with its own words.
+#[test]
+fn an_unlisted_virtual_mailbox_user_is_bounced_by_the_virtual_agent() {
+    let mut inst = Instance::with_main_cf_extra(
+        "virtual_mailbox_maps = inline:{ carol@localhost=localhost/carol/ }",
+    );
+    inst.start();
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "Nobody@localhost",
+        b"Subject: to nobody\n\nhello\n",
+    );
+    let files = wait_files(&inst, "carol", 1);
+    assert_eq!(files.len(), 1, "no bounce notice\n{}", inst.log());
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.contains("<Nobody@localhost>: unknown user: \"nobody@localhost\"")
+            && text.contains("Status: 5.1.1"),
+        "{text}"
+    );
+    let log = inst.log();
+    assert!(
+        log.contains("to=<Nobody@localhost>, relay=virtual")
+            && log.contains("dsn=5.1.1, status=bounced (unknown user: \"nobody@localhost\")"),
+        "{log}"
+    );
+    inst.stop();
+}

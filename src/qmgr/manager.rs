@@ -415,6 +415,9 @@ impl Qmgr {
             if r.status != RcptStatus::Pending {
                 continue;
             }
+            // As Postfix's trivial-rewrite: an address of a virtual mailbox domain goes to
+            // virtual_transport whether or not virtual_mailbox_maps lists it; the delivery
+            // agent (virtual(8), or Dovecot over LMTP) says "unknown user".
             match self.rewriter.resolve(&r.address) {
                 Ok(res)
                     if res.class == crate::trivial_rewrite::Class::Local

@@ -1693,7 +1693,7 @@ impl Policy {
             )))
         };
         // Unchecked: the virtual mailbox table is looked up below, and only when not empty.
-        let res = match self.rewriter.resolve_unchecked(addr) {
+        let res = match self.rewriter.resolve(addr) {
             Ok(r) => r,
             Err(e) => return temp(&e),
         };

@@ -499,20 +499,11 @@ impl Rewriter {
         Ok(None)
     }
 
-    /// Resolves one (already alias-expanded) recipient. A virtual mailbox address that
-    /// virtual_mailbox_maps does not list goes to the error transport.
+    /// Resolves one (already alias-expanded) recipient as Postfix's trivial-rewrite does: a
+    /// virtual mailbox address goes to virtual_transport (or its transport_maps entry)
+    /// whether or not virtual_mailbox_maps lists it; smtpd's reject_unlisted_* checks that
+    /// table itself (and skips it when empty), and the delivery agent says "unknown user".
     pub fn resolve(&self, addr: &str) -> Result<Resolved, RewriteError> {
-        self.resolve_with(addr, true)
-    }
-
-    /// Resolves as Postfix's trivial-rewrite does: a virtual mailbox address goes to
-    /// virtual_transport (or its transport_maps entry) whether or not virtual_mailbox_maps
-    /// lists it; smtpd's reject_unlisted_* checks that table itself, and skips it when empty.
-    pub fn resolve_unchecked(&self, addr: &str) -> Result<Resolved, RewriteError> {
-        self.resolve_with(addr, false)
-    }
-
-    fn resolve_with(&self, addr: &str, check_mailbox: bool) -> Result<Resolved, RewriteError> {
         let address = self.canonicalize(addr);
         let domain = address
             .rsplit_once('@')
@@ -525,16 +516,7 @@ impl Rewriter {
                 "error".to_string(),
                 "5.1.1 User unknown in virtual alias table".to_string(),
             ),
-            Class::VirtualMailbox => {
-                if check_mailbox && self.mailbox_of(&address)?.is_none() {
-                    (
-                        "error".to_string(),
-                        "5.1.1 User unknown in virtual mailbox table".to_string(),
-                    )
-                } else {
-                    self.virtual_transport.clone()
-                }
-            }
+            Class::VirtualMailbox => self.virtual_transport.clone(),
             Class::Relay => self.relay_transport.clone(),
             Class::Default => self.default_transport.clone(),
         };
@@ -599,15 +581,8 @@ mod tests {
             (v.class, v.transport.as_str(), v.nexthop.as_str()),
             (Class::VirtualMailbox, "lmtp", "unix:private/dovecot-lmtp")
         );
-        assert_eq!(
-            res("nobody@exemple.fr").nexthop,
-            "5.1.1 User unknown in virtual mailbox table"
-        );
         // As Postfix's trivial-rewrite: smtpd checks virtual_mailbox_maps itself.
-        assert_eq!(
-            r.resolve_unchecked("nobody@exemple.fr").unwrap().transport,
-            "lmtp"
-        );
+        assert_eq!(res("nobody@exemple.fr").transport, "lmtp");
         assert!(r.has_mailbox_maps());
         let rel = res("a@relay.example");
         assert_eq!(

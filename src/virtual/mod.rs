@@ -61,7 +61,11 @@ impl Transport for VirtualTransport {
                     let started = std::time::SystemTime::now();
                     let o = match rewriter.mailbox_of(&r.address) {
                         Err(e) => Outcome::deferred("4.3.0", format!("mailbox lookup failed: {e}")),
-                        Ok(None) => Outcome::bounced("5.1.1", "User unknown in virtual mailbox table"),
+                        // Postfix's virtual(8) words, the address lowercased as it looks it up.
+                        Ok(None) => Outcome::bounced(
+                            "5.1.1",
+                            format!("unknown user: \"{}\"", r.address.to_lowercase()),
+                        ),
                         Ok(Some(res)) if !res.trim().ends_with('/') => {
                             Outcome::bounced("5.3.5", format!("mailbox format of {} is not supported: relais writes Maildir only (end the path with /)", res.trim()))
                         }
