@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -123,7 +123,12 @@ impl BlobStore {
     /// afterwards with [`adopt`](Self::adopt), then [`prune`](Self::prune) drops the unused.
     pub fn open(dir: &Path) -> Result<BlobStore, BlobError> {
         let io = |e| BlobError::Io(dir.display().to_string(), e);
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Message contents: for the mail system's owner only, as Postfix's queue directories.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
         let mut segments = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -252,6 +257,7 @@ impl BlobStore {
                     .read(true)
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(&path)
                     .map_err(|e| BlobError::Io(seg_name(seg), e))?;
                 g.next += 1;

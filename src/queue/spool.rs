@@ -269,6 +269,12 @@ impl SledSpool {
             .segment_size(segment_size(path))
             .cache_capacity(CACHE_CAPACITY)
             .open()?;
+        // sled creates its directory world-readable; it holds message contents.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| SpoolError::Other(format!("{}: {e}", path.display())))?;
+        }
         let spool = SledSpool {
             records: db.open_tree("records")?,
             content: db.open_tree("content")?,

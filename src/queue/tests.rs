@@ -581,6 +581,15 @@ fn large_bodies_live_in_segments_and_go_with_their_messages() {
     let bodies = crate::queue::spool::bodies_dir(&path);
     let files = || std::fs::read_dir(&bodies).unwrap().count();
     assert_eq!(files(), 2);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&bodies), 0o700, "bodies are the owner's only");
+        assert_eq!(mode(&path), 0o700, "so is sled's directory");
+        for f in std::fs::read_dir(&bodies).unwrap() {
+            assert_eq!(mode(&f.unwrap().path()), 0o600);
+        }
+    }
     let spool = reopen(|| SledSpool::open(&path));
     assert_eq!(spool.content("BBB").unwrap().unwrap(), big(b'b', n));
     assert_eq!(spool.content("CCC").unwrap().unwrap(), big(b'c', n));

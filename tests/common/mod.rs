@@ -17,13 +17,25 @@ pub fn bin(name: &str) -> PathBuf {
     p.join(name)
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, and not handed out before by this
+/// process: the kernel can give the same ephemeral port to two binds in a row once the first
+/// listener is closed, and an instance then got one port for two services.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut port = 0;
+    for _ in 0..1000 {
+        port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            break;
+        }
+    }
+    given.push(port);
+    port
 }
 
 pub struct Instance {
