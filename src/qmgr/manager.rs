@@ -1112,16 +1112,18 @@ impl Qmgr {
         }
         self.compacting = true;
         let queue = self.queue.clone();
-        ctx.spawn(async move { queue.compact().await }.into_actor(self).map(
-            |res, act, _| {
-                act.compacting = false;
-                match res {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!("queue compaction moved {n} bodies"),
-                    Err(e) => tracing::warn!("queue compaction: {e}"),
-                }
-            },
-        ));
+        ctx.spawn(
+            async move { queue.compact().await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.compacting = false;
+                    match res {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!("queue compaction moved {n} bodies"),
+                        Err(e) => tracing::warn!("queue compaction: {e}"),
+                    }
+                }),
+        );
     }
 }
 

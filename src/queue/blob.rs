@@ -277,10 +277,7 @@ impl BlobStore {
                 );
             }
             let seg = g.active.unwrap_or_default();
-            let s = g
-                .segments
-                .get_mut(&seg)
-                .ok_or(BlobError::Missing(seg))?;
+            let s = g.segments.get_mut(&seg).ok_or(BlobError::Missing(seg))?;
             let start = s.size;
             s.size += need;
             s.refs += 1;
@@ -377,22 +374,29 @@ impl BlobStore {
         std::mem::take(&mut self.lock().doomed)
     }
 
-    /// Unlinks those of `segs` that still have no reference.
+    /// Unlinks those of `segs` that still have no reference; a failure does not stop the
+    /// others (the first is returned).
     pub fn unlink_doomed(&self, segs: Vec<u32>) -> Result<(), BlobError> {
+        let mut first = Ok(());
         for seg in segs {
             let gone = {
                 let mut g = self.lock();
-                let dead = g.active != Some(seg) && g.segments.get(&seg).is_some_and(|s| s.refs == 0);
+                let dead =
+                    g.active != Some(seg) && g.segments.get(&seg).is_some_and(|s| s.refs == 0);
                 if dead {
                     g.segments.remove(&seg);
                 }
                 dead
             };
             if gone {
-                self.unlink(seg)?;
+                if let Err(e) = self.unlink(seg) {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
             }
         }
-        Ok(())
+        first
     }
 
     /// Closed segments whose live bodies fill less than a quarter of them: copying those

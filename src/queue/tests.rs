@@ -396,44 +396,47 @@ fn existing_database_keeps_its_segment_size() {
 #[tokio::test]
 async fn interrupted_rename_is_completed_or_undone_at_open() {
     // A small body (in sled) and a large one (in a body segment).
-    for body in [b"body".to_vec(), vec![b'b'; 3 * crate::queue::blob::BLOB_MIN]] {
-    for steps in 0..=4 {
-        let dir = tempfile::tempdir().unwrap();
-        let old = {
-            let q = Queue::open(dir.path(), false).unwrap();
-            let old = q
-                .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), body.clone())
+    for body in [
+        b"body".to_vec(),
+        vec![b'b'; 3 * crate::queue::blob::BLOB_MIN],
+    ] {
+        for steps in 0..=4 {
+            let dir = tempfile::tempdir().unwrap();
+            let old = {
+                let q = Queue::open(dir.path(), false).unwrap();
+                let old = q
+                    .enqueue(QueueName::Maildrop, rec("a@x", &["b@y"]), body.clone())
+                    .await
+                    .unwrap();
+                let spool = q.spool().clone();
+                drop(q);
+                drop(spool);
+                old
+            };
+            {
+                let spool = reopen(|| SledSpool::open(&dir.path().join("db")));
+                spool.rename_interrupted(&old, "NEW1", steps).unwrap();
+                spool.flush().unwrap();
+            }
+            let q = reopen(|| Queue::open(dir.path(), false));
+            let all: Vec<String> = q
+                .list_many(&QueueName::ALL)
                 .await
-                .unwrap();
-            let spool = q.spool().clone();
-            drop(q);
-            drop(spool);
-            old
-        };
-        {
-            let spool = reopen(|| SledSpool::open(&dir.path().join("db")));
-            spool.rename_interrupted(&old, "NEW1", steps).unwrap();
-            spool.flush().unwrap();
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            let expect = if steps == 4 { "NEW1" } else { old.as_str() };
+            assert_eq!(all, vec![expect.to_string()], "after {steps} writes");
+            assert_eq!(q.content(expect).await.unwrap().unwrap(), body, "{steps}");
+            let other = if steps == 4 { old.as_str() } else { "NEW1" };
+            assert!(q.content(other).await.unwrap().is_none(), "{steps}");
+            let listed: usize = [QueueName::Maildrop, QueueName::Incoming]
+                .iter()
+                .map(|&qn| q.spool().ids(qn.byte(), usize::MAX).unwrap().len())
+                .sum();
+            assert_eq!(listed, 1, "index after {steps} writes");
         }
-        let q = reopen(|| Queue::open(dir.path(), false));
-        let all: Vec<String> = q
-            .list_many(&QueueName::ALL)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
-        let expect = if steps == 4 { "NEW1" } else { old.as_str() };
-        assert_eq!(all, vec![expect.to_string()], "after {steps} writes");
-        assert_eq!(q.content(expect).await.unwrap().unwrap(), body, "{steps}");
-        let other = if steps == 4 { old.as_str() } else { "NEW1" };
-        assert!(q.content(other).await.unwrap().is_none(), "{steps}");
-        let listed: usize = [QueueName::Maildrop, QueueName::Incoming]
-            .iter()
-            .map(|&qn| q.spool().ids(qn.byte(), usize::MAX).unwrap().len())
-            .sum();
-        assert_eq!(listed, 1, "index after {steps} writes");
-    }
     }
 }
 
@@ -605,7 +608,11 @@ fn large_bodies_live_in_segments_and_go_with_their_messages() {
     spool.flush().unwrap();
     drop(spool);
     let spool = reopen(|| SledSpool::open(&path));
-    assert_eq!(spool.blob_segments(), 0, "an unused segment is pruned at open");
+    assert_eq!(
+        spool.blob_segments(),
+        0,
+        "an unused segment is pruned at open"
+    );
     assert_eq!(files(), 0);
 }
 
@@ -622,7 +629,12 @@ fn compaction_copies_live_bodies_out_of_sparse_segments() {
         spool.set_blob_segment_bytes(64 << 10);
         for (i, id) in ids.iter().enumerate() {
             spool
-                .insert(id, QueueName::Deferred.byte(), b"r", &big(b'0' + i as u8, n))
+                .insert(
+                    id,
+                    QueueName::Deferred.byte(),
+                    b"r",
+                    &big(b'0' + i as u8, n),
+                )
                 .unwrap();
         }
         spool.flush().unwrap();
@@ -687,5 +699,11 @@ fn a_record_whose_body_was_torn_by_a_crash_is_dropped_at_open() {
         .unwrap()
         .contains(&"GOOD".to_string()));
     assert_eq!(spool.content("GOOD").unwrap().unwrap(), big(b'g', n));
-    assert_eq!(spool.ids(QueueName::Incoming.byte(), usize::MAX).unwrap().len(), 1);
+    assert_eq!(
+        spool
+            .ids(QueueName::Incoming.byte(), usize::MAX)
+            .unwrap()
+            .len(),
+        1
+    );
 }
