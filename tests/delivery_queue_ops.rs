@@ -230,3 +230,61 @@ fn kill_9_during_deliveries_loses_nothing() {
     eprintln!("kill -9 after {before} of {N}: {dups} duplicate(s)");
     inst.stop();
 }
+
+/// Body segment files are reclaimed on a live queue. With 64 KB segments, a deferred 10 KB
+/// message shares its segment with five that are delivered; the next queue run copies it out
+/// of that mostly-dead file, which goes. Its content stays intact.
+#[test]
+fn a_queue_run_reclaims_body_segments_around_a_deferred_message() {
+    // A next hop where nothing listens: the message defers.
+    let down = free_port();
+    let mut inst = Instance::with_main_cf_extra(&format!(
+        "transport_maps = inline:{{ {{ later.example = relay:[127.0.0.1]:{down} }} }}\nrelay_domains = later.example\nrelais_body_segment_size = 65536\nqueue_run_delay = 1s\n"
+    ));
+    inst.start();
+    let filler = "0123456789 ".repeat(900);
+    submit(
+        inst.smtp_port,
+        "alice@localhost",
+        &["kept@later.example"],
+        "kept",
+        &format!("marker-kept-body\n{filler}"),
+    );
+    for i in 0..8 {
+        submit(
+            inst.smtp_port,
+            "alice@localhost",
+            &["bob@localhost"],
+            &format!("delivered {i}"),
+            &filler,
+        );
+    }
+    let bodies = inst.queue().join("db.bodies");
+    let segments = || {
+        std::fs::read_dir(&bodies)
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        maildir(&inst, "bob").len() == 8 && queue_ids(&inst).len() == 1 && segments() == 1
+    });
+    assert!(
+        ok,
+        "bob has {} messages, {} body segments, queue:\n{}\n{}",
+        maildir(&inst, "bob").len(),
+        segments(),
+        postqueue_p(&inst),
+        inst.log()
+    );
+    let (id, mark) = queue_ids(&inst).remove(0);
+    assert_eq!(mark, ' ', "deferred, not active or held");
+    let (ok, text) = inst.postcat(&id);
+    assert!(ok && text.contains("marker-kept-body"), "{text}");
+    assert!(text.contains(&filler[..200]), "{text}");
+    inst.stop();
+    // And after a restart.
+    inst.start();
+    let (ok, text) = inst.postcat(&id);
+    assert!(ok && text.contains("marker-kept-body"), "{text}");
+    inst.stop();
+}

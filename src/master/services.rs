@@ -51,8 +51,9 @@ impl Shared {
     pub async fn open(cfg: &Config) -> Result<Arc<Shared>, MasterError> {
         let qdir = PathBuf::from(cfg.get("queue_directory"));
         let long = cfg.get_bool("enable_long_queue_ids");
+        let segment = cfg.get_size("relais_body_segment_size");
         let q2 = qdir.clone();
-        let queue = tokio::task::spawn_blocking(move || Queue::open(&q2, long))
+        let queue = tokio::task::spawn_blocking(move || Queue::open_with(&q2, long, segment))
             .await
             .map_err(setup)?
             .map_err(|e| MasterError::Setup(format!("queue: {e}")))?;

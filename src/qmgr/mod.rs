@@ -29,7 +29,8 @@
 //!
 //!   `postqueue -f` and `postsuper -r/-H/-f` act at once (queue events); ETRN and
 //!   `postqueue -s site` flush one destination; otherwise the deferred queue is scanned every
-//!   queue_run_delay.
+//!   queue_run_delay, and each such run also lets the queue compact its body segments
+//!   (`Queue::compact`, on a blocking thread, one at a time).
 //!
 //! QUEUES
 //!   incoming → active; deferred → active; active → deferred | removed.

@@ -35,7 +35,8 @@ pub const REF_LEN: usize = 20;
 /// them is cheap to rewrite and a write costs no second fsync per flush.
 pub const BLOB_MIN: usize = 8 << 10;
 
-/// A segment is closed to new bodies once it holds this many bytes.
+/// A segment is closed to new bodies once it holds this many bytes, unless
+/// relais_body_segment_size says otherwise.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
 
 const MAGIC: &[u8; 4] = b"RLB1";
@@ -119,9 +120,10 @@ fn seg_name(seg: u32) -> String {
 }
 
 impl BlobStore {
-    /// Opens (creating) the directory and every segment in it. References are counted
-    /// afterwards with [`adopt`](Self::adopt), then [`prune`](Self::prune) drops the unused.
-    pub fn open(dir: &Path) -> Result<BlobStore, BlobError> {
+    /// Opens (creating) the directory and every segment in it; new segments close at
+    /// `segment_bytes`. References are counted afterwards with [`adopt`](Self::adopt), then
+    /// [`prune`](Self::prune) drops the unused.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<BlobStore, BlobError> {
         let io = |e| BlobError::Io(dir.display().to_string(), e);
         // Message contents: for the mail system's owner only, as Postfix's queue directories.
         std::fs::DirBuilder::new()
@@ -170,13 +172,8 @@ impl BlobStore {
                 doomed: Vec::new(),
             }),
             syncing: Mutex::new(()),
-            segment_bytes: SEGMENT_BYTES,
+            segment_bytes,
         })
-    }
-
-    /// Test hook: smaller segments, to exercise rollover and compaction.
-    pub fn set_segment_bytes(&mut self, n: u64) {
-        self.segment_bytes = n;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -9,7 +9,9 @@
 //!
 //! DESCRIPTION
 //!   Every message is one record (envelope, origin, metadata; bincode 2) plus its content,
-//!   stored in a separate tree so that status updates never rewrite the body. The record's
+//!   stored apart so that status updates never rewrite the body: in a separate tree when
+//!   small, in append-only segment files beside the database from 8 KB up (see [`blob`];
+//!   [`Queue::compact`] reclaims their space). The record's
 //!   queue (state) is one of Postfix's queue names. Every state change goes through
 //!   [`Queue::transition`], each atomic: one commit point, the write of the record
 //!   (see [`spool::SledSpool`] for why not sled transactions).
@@ -32,8 +34,10 @@
 //!   `crate::control`.
 //!
 //! CONFIGURATION PARAMETERS
-//!   queue_directory (/var/spool/postfix): the database is `$queue_directory/db`.
+//!   queue_directory (/var/spool/postfix): the database is `$queue_directory/db`, large
+//!   bodies are in `$queue_directory/db.bodies/`.
 //!   enable_long_queue_ids (no): long, time-ordered queue IDs.
+//!   relais_body_segment_size (33554432): a body segment file takes no more after this.
 
 pub mod blob;
 pub mod id;
@@ -266,17 +270,28 @@ impl Queue {
     /// Opens `$queue_directory/db` (blocking). Fails while another process (the daemon)
     /// holds the database.
     pub fn open(queue_directory: &Path, long_ids: bool) -> Result<Queue, QueueError> {
+        Self::open_with(queue_directory, long_ids, blob::SEGMENT_BYTES)
+    }
+
+    /// [`open`](Self::open), with body segment files that close at `segment_bytes`
+    /// (relais_body_segment_size).
+    pub fn open_with(
+        queue_directory: &Path,
+        long_ids: bool,
+        segment_bytes: u64,
+    ) -> Result<Queue, QueueError> {
         let path = queue_directory.join("db");
-        let spool = SledSpool::open(&path)
+        let spool = SledSpool::open_with(&path, segment_bytes)
             .map_err(|e| QueueError::Open(path.display().to_string(), e.to_string()))?;
         Self::with_spool(Arc::new(spool), long_ids)
     }
 
     /// Opens the queue named by a configuration (`queue_directory`, `enable_long_queue_ids`).
     pub fn open_config(cfg: &crate::config::Config) -> Result<Queue, QueueError> {
-        Self::open(
+        Self::open_with(
             Path::new(&cfg.get("queue_directory")),
             cfg.get_bool("enable_long_queue_ids"),
+            cfg.get_size("relais_body_segment_size"),
         )
     }
 

@@ -264,6 +264,11 @@ impl SledSpool {
     /// Opens (creating) the database at `path` and repairs what a crash left half done.
     /// Fails while another process holds it.
     pub fn open(path: &std::path::Path) -> Result<SledSpool, SpoolError> {
+        Self::open_with(path, super::blob::SEGMENT_BYTES)
+    }
+
+    /// [`open`](Self::open), with body segments that close at `segment_bytes`.
+    pub fn open_with(path: &std::path::Path, segment_bytes: u64) -> Result<SledSpool, SpoolError> {
         let db = sled::Config::new()
             .path(path)
             .segment_size(segment_size(path))
@@ -279,7 +284,7 @@ impl SledSpool {
             records: db.open_tree("records")?,
             content: db.open_tree("content")?,
             blobrefs: db.open_tree("blobs")?,
-            blobs: BlobStore::open(&bodies_dir(path))?,
+            blobs: BlobStore::open(&bodies_dir(path), segment_bytes)?,
             index: db.open_tree("index")?,
             renames: db.open_tree("renames")?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -347,11 +352,6 @@ impl SledSpool {
         }
         self.flush()?;
         Ok(moved)
-    }
-
-    /// Test hook: segment files close at `n` bytes.
-    pub fn set_blob_segment_bytes(&mut self, n: u64) {
-        self.blobs.set_segment_bytes(n);
     }
 
     /// Body segment files present.

@@ -561,8 +561,7 @@ fn large_bodies_live_in_segments_and_go_with_their_messages() {
     let path = dir.path().join("db");
     let n = 30 << 10;
     {
-        let mut spool = SledSpool::open(&path).unwrap();
-        spool.set_blob_segment_bytes(64 << 10);
+        let spool = SledSpool::open_with(&path, 64 << 10).unwrap();
         for (id, fill) in [("AAA", b'a'), ("BBB", b'b'), ("CCC", b'c')] {
             assert!(spool
                 .insert(id, QueueName::Incoming.byte(), b"r", &big(fill, n))
@@ -625,8 +624,7 @@ fn compaction_copies_live_bodies_out_of_sparse_segments() {
     let n = 10 << 10;
     let ids: Vec<String> = (0..7).map(|i| format!("ID{i}")).collect();
     {
-        let mut spool = SledSpool::open(&path).unwrap();
-        spool.set_blob_segment_bytes(64 << 10);
+        let spool = SledSpool::open_with(&path, 64 << 10).unwrap();
         for (i, id) in ids.iter().enumerate() {
             spool
                 .insert(
