@@ -727,8 +727,10 @@ fn split(v: &[u8]) -> (u8, &[u8]) {
 
 impl Drop for SledSpool {
     fn drop(&mut self) {
-        // Every change finished: the next open need not look for orphaned bodies.
+        // Every change finished: the next open need not look for orphaned bodies, nor check
+        // the bodies' checksums — so the bodies must be on disk before the mark is.
         if !self.broken.load(std::sync::atomic::Ordering::Relaxed)
+            && self.blobs.sync().is_ok()
             && self.db.insert(CLOSED_CLEANLY, &[]).is_ok()
         {
             let _ = self.db.flush();
