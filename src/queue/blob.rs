@@ -103,6 +103,9 @@ struct Inner {
     dirty: Vec<u32>,
     /// No reference left: to unlink once a flush has made that durable.
     doomed: Vec<u32>,
+    /// A segment file was created since the last sync: its directory entry must be synced
+    /// too, or a power cut could lose the whole file whose data was synced.
+    created: bool,
 }
 
 /// The segment files of one spool. All methods are blocking.
@@ -170,6 +173,7 @@ impl BlobStore {
                 next,
                 dirty: Vec::new(),
                 doomed: Vec::new(),
+                created: false,
             }),
             syncing: Mutex::new(()),
             segment_bytes,
@@ -258,6 +262,7 @@ impl BlobStore {
                     .open(&path)
                     .map_err(|e| BlobError::Io(seg_name(seg), e))?;
                 g.next += 1;
+                g.created = true;
                 if let Some(old) = g.active.replace(seg) {
                     if g.segments.get(&old).is_some_and(|s| s.refs == 0) {
                         g.doomed.push(old);
@@ -347,19 +352,33 @@ impl BlobStore {
     /// Makes every body written so far durable.
     pub fn sync(&self) -> Result<(), BlobError> {
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
-        let files: Vec<(u32, Arc<File>)> = {
+        let (files, created) = {
             let mut g = self.lock();
+            let created = std::mem::take(&mut g.created);
             let dirty = std::mem::take(&mut g.dirty);
-            dirty
+            let files: Vec<(u32, Arc<File>)> = dirty
                 .into_iter()
                 .filter_map(|seg| g.segments.get(&seg).map(|s| (seg, s.file.clone())))
-                .collect()
+                .collect();
+            (files, created)
         };
-        for (seg, f) in files {
+        if created {
+            let res = File::open(&self.dir).and_then(|d| d.sync_all());
+            if let Err(e) = res {
+                self.lock().created = true;
+                return Err(BlobError::Io(self.dir.display().to_string(), e));
+            }
+        }
+        for (i, (seg, f)) in files.iter().enumerate() {
             if let Err(e) = f.sync_data() {
-                // Still dirty: the next flush tries again.
-                self.lock().dirty.push(seg);
-                return Err(BlobError::Io(seg_name(seg), e));
+                // This one and those not tried stay dirty: the next flush tries again.
+                let mut g = self.lock();
+                for (s, _) in &files[i..] {
+                    if !g.dirty.contains(s) {
+                        g.dirty.push(*s);
+                    }
+                }
+                return Err(BlobError::Io(seg_name(*seg), e));
             }
         }
         Ok(())
