@@ -20,8 +20,15 @@
 //!      sender stays null. An alias naming itself delivers to the user's own mailbox.
 //!   3. Otherwise the user must be in local_recipient_maps (`unix:passwd.byname` is the
 //!      system password database through getpwnam; the aliases part was step 2); when the
-//!      list is empty, the password database decides. Known users get mailbox_transport if
-//!      set, else their mailbox: home_mailbox under the home directory (a path ending in `/`
+//!      list is empty, the password database decides. A known user's .forward comes first:
+//!      the first file of forward_path that exists (`$home/.forward+ext` for an address with
+//!      an extension, then `$home/.forward`) is expanded as an alias value of class
+//!      `forward` (`\user` and a reference to the user itself mean the mailbox; commands
+//!      run as the user, in the home directory). Without one, `\user` from an alias also
+//!      skipping it: mailbox_transport if set, else mailbox_command if set (`/bin/sh -c`,
+//!      the message on its input, HOME, USER, LOGNAME, LOCAL, EXTENSION, DOMAIN, RECIPIENT,
+//!      SENDER in its environment), else their mailbox: home_mailbox under the home
+//!      directory (a path ending in `/`
 //!      is a Maildir, written with the virtual agent's Maildir writer; otherwise an mbox file),
 //!      or, with home_mailbox empty, the mbox file mail_spool_directory/user.
 //!      relais-specific: with local_mailbox_base set, a user's "home" is
@@ -55,13 +62,20 @@
 //!   not followed. Commands and files run with relais's own rights; when relais runs as root,
 //!   mailboxes of system users are given to the user (chown), alias commands run as
 //!   default_privs (never root), and `/file` destinations are refused (Postfix would write
-//!   them as the alias table's owner). `.forward` files are not read.
+//!   them as the alias table's owner). A .forward file counts only when it is a regular
+//!   file, not a symbolic link, owned by its user (for local_mailbox_base users: by relais
+//!   or root) and not writable by others; an extension with `/` or `..` is not put into its
+//!   path. relais reads it with its own rights, where Postfix uses the user's: hence the
+//!   owner rule, stricter than Postfix's (which also accepts root's). A user's commands
+//!   run as the user when relais runs as root (never as root: root's run as default_privs).
 //!
 //! CONFIGURATION PARAMETERS
 //!   alias_maps (hash:/etc/aliases, nis:mail.aliases; nis: is not supported and skipped with a
 //!   warning), local_recipient_maps (proxy:unix:passwd.byname $alias_maps), home_mailbox (),
 //!   mail_spool_directory (/var/mail), local_mailbox_base () relais-specific,
-//!   mailbox_transport (), fallback_transport (), luser_relay (), recipient_delimiter (),
+//!   mailbox_transport (), mailbox_command (), forward_path
+//!   ($home/.forward${recipient_delimiter}${extension}, $home/.forward),
+//!   fallback_transport (), luser_relay (), recipient_delimiter (),
 //!   allow_mail_to_commands (alias, forward), allow_mail_to_files (alias, forward),
 //!   command_time_limit (1000s), owner_request_special (yes), default_privs (nobody), myorigin
 
@@ -106,6 +120,11 @@ pub struct Settings {
     pub mailbox_transport: Option<(String, String)>,
     pub fallback_transport: Option<(String, String)>,
     pub luser_relay: String,
+    /// forward_path's templates, unexpanded ($home, $user, … are filled in per recipient).
+    pub forward_path: Vec<String>,
+    /// mailbox_command as written: not subjected to `$name` expansion, as in Postfix, so
+    /// that it can use shell variables.
+    pub mailbox_command: String,
     pub allow_commands: Vec<String>,
     pub allow_files: Vec<String>,
     pub command_time_limit: Duration,
@@ -167,10 +186,19 @@ impl Settings {
             tracing::warn!("local: {w}");
         }
         let base = cfg.get("local_mailbox_base");
-        if !cfg.get("mailbox_command").is_empty() {
-            tracing::warn!("local: mailbox_command is not supported; mailbox delivery uses home_mailbox or mail_spool_directory");
-        }
         Settings {
+            forward_path: cfg
+                .raw("forward_path")
+                .unwrap_or_default()
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            mailbox_command: cfg
+                .raw("mailbox_command")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             aliases,
             recipients,
             home_mailbox: cfg.get("home_mailbox"),
@@ -210,12 +238,14 @@ enum Action {
         path: String,
         rcpt: String,
     },
+    /// Runs with `privs`' rights and home.
     Command {
         cmd: String,
         rcpt: String,
         user: String,
         ext: String,
         domain: String,
+        privs: Privs,
     },
     /// A new message to `addr`, from `owner` (or the original sender).
     Forward {
@@ -248,6 +278,152 @@ impl Action {
             Action::Forward { addr, .. } => addr,
         }
     }
+}
+
+/// Whose rights and home directory a command destination gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Privs {
+    home: String,
+    /// The user's (uid, gid), used when relais runs as root; None (alias tables, include
+    /// files) or uid 0 means default_privs, as Postfix never runs a command as root.
+    owner: Option<(u32, u32)>,
+}
+
+impl Privs {
+    fn alias() -> Privs {
+        Privs {
+            home: "/".to_string(),
+            owner: None,
+        }
+    }
+}
+
+/// Fills forward_path's per-recipient names into `template`: `$name`, `${name}`,
+/// `${name?text}` (text when the value is not empty) and `${name:text}` (text when it is).
+/// None when a plain reference names an empty or unknown value: that path is skipped, as
+/// Postfix skips `$home/.forward${recipient_delimiter}${extension}` for an address
+/// without an extension.
+fn expand_local(template: &str, attrs: &[(&str, &str)]) -> Option<String> {
+    let value = |name: &str| {
+        attrs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .unwrap_or("")
+    };
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('{') {
+            let end = r.find('}')?;
+            let inner = &r[..end];
+            rest = &r[end + 1..];
+            match inner.find(['?', ':']) {
+                Some(j) => {
+                    let v = value(&inner[..j]);
+                    let text = &inner[j + 1..];
+                    // `?`: shown when set; `:`: shown when empty.
+                    let show = (inner.as_bytes()[j] == b'?') != v.is_empty();
+                    if show {
+                        out.push_str(&expand_local(text, attrs)?);
+                    }
+                }
+                None => {
+                    let v = value(inner);
+                    if v.is_empty() {
+                        return None;
+                    }
+                    out.push_str(v);
+                }
+            }
+        } else {
+            let n = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let v = value(&rest[..n]);
+            if n == 0 || v.is_empty() {
+                return None;
+            }
+            out.push_str(v);
+            rest = &rest[n..];
+        }
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Reads a .forward file for a user whose uid is `uid` (None: a local_mailbox_base user,
+/// whose files are relais's own). Only a regular file owned by that user (or, for relais's
+/// own users, by relais or root) counts, opened without following a symbolic link: relais
+/// may read it as root, where Postfix reads it with the user's rights. Ok(None): no usable
+/// file at this path.
+fn read_forward(path: &str, uid: Option<u32>) -> Result<Option<String>, Outcome> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let f = match f {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+            ) =>
+        {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                tracing::warn!("local: {path}: a symbolic link; ignored");
+            }
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Outcome::deferred(
+                "4.3.0",
+                format!("cannot open {path}: {}", crate::table::strerror(&e)),
+            ))
+        }
+    };
+    let m = f.metadata().map_err(|e| {
+        Outcome::deferred(
+            "4.3.0",
+            format!("cannot stat {path}: {}", crate::table::strerror(&e)),
+        )
+    })?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let owner_ok = match uid {
+        Some(u) => m.uid() == u,
+        None => m.uid() == me || m.uid() == 0,
+    };
+    if !m.file_type().is_file() || !owner_ok || m.mode() & 0o002 != 0 {
+        tracing::warn!(
+            "local: {path}: not a regular file owned by its user and closed to others (owner uid {}); ignored",
+            m.uid()
+        );
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    f.take(aliases::MAX_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| {
+            Outcome::deferred(
+                "4.3.0",
+                format!("cannot read {path}: {}", crate::table::strerror(&e)),
+            )
+        })?;
+    if text.len() as u64 > aliases::MAX_FILE {
+        return Err(Outcome::bounced(
+            "5.3.5",
+            format!("{path} is larger than {} bytes", aliases::MAX_FILE),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
 }
 
 /// Alias expansion and user lookup for one recipient: pure decisions, blocking lookups.
@@ -366,14 +542,18 @@ impl Expander<'_> {
                     depth,
                     &owner,
                     &prop,
+                    &Privs::alias(),
                 );
                 return;
             }
         }
-        self.user(addr, &base, &ext, domain);
+        // `\user` (no_alias) skips the user's .forward too, as in Postfix.
+        self.user(addr, &base, &ext, domain, depth, no_alias);
     }
 
-    /// Expands alias members; `class` is `alias` or `include` for the allow_mail_to_* lists.
+    /// Expands alias members; `class` is `alias`, `forward` or `include` for the
+    /// allow_mail_to_* lists; commands get `privs`.
+    #[allow(clippy::too_many_arguments)]
     fn members(
         &mut self,
         list: &[String],
@@ -382,6 +562,7 @@ impl Expander<'_> {
         depth: usize,
         owner: &Option<String>,
         ext: &str,
+        privs: &Privs,
     ) {
         for m in list {
             if let Some(cmd) = m.strip_prefix('|') {
@@ -395,12 +576,13 @@ impl Expander<'_> {
                             .trim_start_matches(|c| self.rw.delimiters().contains(c))
                             .to_string(),
                         domain: domain.to_string(),
+                        privs: privs.clone(),
                     });
                 } else {
                     self.fail(alias, Outcome::bounced("5.7.1", format!("mail to command is restricted (allow_mail_to_commands does not list {class}): {m}")));
                 }
             } else if let Some(path) = m.strip_prefix(":include:") {
-                self.include(path.trim(), alias, depth, owner, ext);
+                self.include(path.trim(), alias, depth, owner, ext, privs);
             } else if m.starts_with('/') {
                 if allowed(&self.s.allow_files, class) {
                     self.push(Action::File {
@@ -445,6 +627,7 @@ impl Expander<'_> {
         depth: usize,
         owner: &Option<String>,
         ext: &str,
+        privs: &Privs,
     ) {
         if !path.starts_with('/') {
             self.fail(
@@ -478,7 +661,7 @@ impl Expander<'_> {
                     .filter(|l| !l.trim_start().starts_with('#'))
                     .flat_map(aliases::members)
                     .collect();
-                self.members(&list, alias, "include", depth + 1, owner, ext);
+                self.members(&list, alias, "include", depth + 1, owner, ext, privs);
             }
             // A missing or unreadable list is a configuration problem: keep the mail.
             Err(e) => self.fail(
@@ -486,6 +669,85 @@ impl Expander<'_> {
                 Outcome::deferred("4.3.0", format!("cannot open include file {path}: {e}")),
             ),
         }
+    }
+
+    /// Expands the user's .forward file, the first of forward_path that exists; false when
+    /// there is none, or when this file is already being expanded (it names its own user:
+    /// the mailbox gets the copy). Commands in it run as the user, in its home.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        addr: &str,
+        base: &str,
+        ext: &str,
+        domain: &str,
+        depth: usize,
+        home: &std::path::Path,
+        uid: Option<u32>,
+        privs: &Privs,
+    ) -> bool {
+        let delim = ext
+            .chars()
+            .next()
+            .filter(|c| self.rw.delimiters().contains(*c));
+        let delim = delim.map(String::from).unwrap_or_default();
+        let bare_ext = ext.get(delim.len()..).unwrap_or("");
+        let (local, _) = addr.rsplit_once('@').unwrap_or((addr, ""));
+        let home_s = home.display().to_string();
+        // An extension comes from the network: it may not steer the path elsewhere.
+        let safe_ext = if bare_ext.contains('/') || bare_ext.contains("..") {
+            ""
+        } else {
+            bare_ext
+        };
+        let delim = if safe_ext.is_empty() {
+            ""
+        } else {
+            delim.as_str()
+        };
+        let attrs = [
+            ("home", home_s.as_str()),
+            ("user", base),
+            ("local", local),
+            ("domain", domain),
+            ("recipient", addr),
+            ("extension", safe_ext),
+            ("recipient_delimiter", delim),
+            ("shell", "/bin/sh"),
+        ];
+        for template in &self.s.forward_path {
+            let Some(path) = expand_local(template, &attrs) else {
+                continue;
+            };
+            if !path.starts_with('/') {
+                continue;
+            }
+            match read_forward(&path, uid) {
+                Ok(None) => continue,
+                Err(o) => {
+                    self.fail(addr, o);
+                    return true;
+                }
+                Ok(Some(text)) => {
+                    let key = format!("\0forward:{path}");
+                    if !self.seen.insert(key) {
+                        return false;
+                    }
+                    let list: Vec<String> = text
+                        .lines()
+                        .filter(|l| !l.trim_start().starts_with('#'))
+                        .flat_map(aliases::members)
+                        .collect();
+                    if list.is_empty() {
+                        // An empty .forward: the mailbox, as Postfix does.
+                        return false;
+                    }
+                    self.members(&list, addr, "forward", depth + 1, &None, "", privs);
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// A hand-over to another agent; never back to this one (that would loop forever).
@@ -507,8 +769,16 @@ impl Expander<'_> {
         }
     }
 
-    /// Step 3 and 4: a user's mailbox, or the unknown-user handling.
-    fn user(&mut self, addr: &str, base: &str, ext: &str, domain: &str) {
+    /// Step 3 and 4: a user's .forward or mailbox, or the unknown-user handling.
+    fn user(
+        &mut self,
+        addr: &str,
+        base: &str,
+        ext: &str,
+        domain: &str,
+        depth: usize,
+        skip_forward: bool,
+    ) {
         if base.is_empty() || base.contains('/') || base.starts_with('.') || base.contains('\0') {
             self.fail(
                 addr,
@@ -535,20 +805,50 @@ impl Expander<'_> {
             }
         };
         if known {
-            if let Some((t, n)) = self.s.mailbox_transport.clone() {
-                self.pass(&t, &n, addr, "mailbox_transport");
-                return;
-            }
             let pw = passwd::lookup(base);
             // A system user's mailbox belongs to the user (when we can give it: as root).
             let owner = pw
                 .as_ref()
                 .filter(|_| passwd::is_root())
                 .map(|p| (p.uid, p.gid));
-            let (home, owner) = match &self.s.mailbox_base {
-                Some(b) => (Some(b.join(base)), None),
-                None => (pw.map(|p| p.home), owner),
+            let (home, owner, uid) = match &self.s.mailbox_base {
+                Some(b) => (Some(b.join(base)), None, None),
+                None => {
+                    let uid = pw.as_ref().map(|p| p.uid);
+                    (pw.map(|p| p.home), owner, uid)
+                }
             };
+            let privs = Privs {
+                home: home
+                    .as_ref()
+                    .map(|h| h.display().to_string())
+                    .unwrap_or_else(|| "/".to_string()),
+                owner,
+            };
+            if !skip_forward {
+                if let Some(home) = &home {
+                    if self.forward(addr, base, ext, domain, depth, home, uid, &privs) {
+                        return;
+                    }
+                }
+            }
+            if let Some((t, n)) = self.s.mailbox_transport.clone() {
+                self.pass(&t, &n, addr, "mailbox_transport");
+                return;
+            }
+            if !self.s.mailbox_command.is_empty() {
+                self.push(Action::Command {
+                    cmd: self.s.mailbox_command.clone(),
+                    rcpt: addr.to_string(),
+                    user: base.to_string(),
+                    ext: ext
+                        .trim_start_matches(|c| self.rw.delimiters().contains(c))
+                        .to_string(),
+                    domain: domain.to_string(),
+                    privs,
+                });
+                return;
+            }
             let hm = self.s.home_mailbox.trim();
             if hm.is_empty() {
                 self.push(Action::Mbox {
@@ -878,10 +1178,16 @@ impl Transport for LocalTransport {
                             user,
                             ext,
                             domain,
+                            privs,
                         } => {
-                            // As root, commands run with default_privs' rights, as Postfix
-                            // runs commands from root-owned alias tables.
-                            let run_as = if passwd::is_root() {
+                            // As root, a user's commands (.forward, mailbox_command) run
+                            // with the user's rights, others with default_privs', as Postfix
+                            // runs commands from root-owned alias tables; never as root.
+                            let run_as = if !passwd::is_root() {
+                                Ok(None)
+                            } else if let Some(ids) = privs.owner.filter(|(uid, _)| *uid != 0) {
+                                Ok(Some(ids))
+                            } else {
                                 match passwd::lookup(&s.default_privs) {
                                     Some(p) if p.uid != 0 => Ok(Some((p.uid, p.gid))),
                                     Some(_) => Err(Outcome::deferred(
@@ -896,8 +1202,6 @@ impl Transport for LocalTransport {
                                         format!("default_privs {}: unknown user", s.default_privs),
                                     )),
                                 }
-                            } else {
-                                Ok(None)
                             };
                             if let Err(o) = run_as {
                                 o
@@ -912,7 +1216,7 @@ impl Transport for LocalTransport {
                                         user: &user,
                                         extension: &ext,
                                         domain: &domain,
-                                        home: "/",
+                                        home: &privs.home,
                                         timeout: s.command_time_limit,
                                         run_as,
                                     },

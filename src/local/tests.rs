@@ -414,3 +414,170 @@ fn several_failing_destinations_are_each_kept_for_the_notice() {
     d.push(Outcome::deferred("4.2.0", "later"));
     assert_eq!(combine("toto@mail.example", d).status_word(), "deferred");
 }
+
+fn maildir_action(e: &Env, user: &str, rcpt: &str) -> Action {
+    Action::Maildir {
+        path: maildir_of(e, user),
+        rcpt: rcpt.into(),
+        owner: None,
+    }
+}
+
+/// A user's .forward, as Postfix's local(8) reads it: forward_path's first existing file,
+/// `.forward+ext` for an extension; `\user` and a reference to the user itself deliver to
+/// the mailbox; commands run in the user's home; `\user` from an alias skips the .forward;
+/// a file that is a symbolic link or belongs to someone else is ignored.
+#[test]
+fn dot_forward_files() {
+    let e = std_env("");
+    let home = e.dir.path().join("home/bob");
+    std::fs::create_dir_all(&home).unwrap();
+    let bob = maildir_action(&e, "bob", "bob@mail.example");
+    assert_eq!(plan_of(&e, "bob@mail.example", b""), vec![bob.clone()]);
+    std::fs::write(
+        home.join(".forward"),
+        "# keep a copy\ncarol@remote.example, \\bob\n\"|vacation bob\"\n",
+    )
+    .unwrap();
+    let p = plan_of(&e, "bob@mail.example", b"");
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert_eq!(
+        p[0],
+        Action::Forward {
+            addr: "carol@remote.example".into(),
+            owner: None
+        }
+    );
+    assert_eq!(p[1], bob);
+    match &p[2] {
+        Action::Command {
+            cmd, rcpt, privs, ..
+        } => {
+            assert_eq!(cmd, "vacation bob");
+            assert_eq!(rcpt, "bob@mail.example");
+            assert_eq!(privs.home, home.display().to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    // .forward+ext for an extension that has one; the plain .forward otherwise.
+    std::fs::write(home.join(".forward+list"), "dave@remote.example\n").unwrap();
+    assert_eq!(
+        plan_of(&e, "bob+list@mail.example", b""),
+        vec![Action::Forward {
+            addr: "dave@remote.example".into(),
+            owner: None
+        }]
+    );
+    assert_eq!(plan_of(&e, "bob+other@mail.example", b"").len(), 3);
+    // An extension cannot steer the path out of the home directory.
+    std::fs::create_dir_all(home.join(".forward+x")).unwrap();
+    std::fs::write(home.join("stolen"), "mallory@remote.example\n").unwrap();
+    assert_eq!(plan_of(&e, "bob+x/../stolen@mail.example", b"").len(), 3);
+    // Naming its own user: the mailbox, not a loop.
+    std::fs::write(home.join(".forward"), "bob\n").unwrap();
+    assert_eq!(plan_of(&e, "bob@mail.example", b""), vec![bob.clone()]);
+    // A symbolic link is not followed.
+    std::fs::remove_file(home.join(".forward")).unwrap();
+    std::os::unix::fs::symlink(home.join("stolen"), home.join(".forward")).unwrap();
+    assert_eq!(plan_of(&e, "bob@mail.example", b""), vec![bob.clone()]);
+    std::fs::remove_file(home.join(".forward")).unwrap();
+    if passwd::is_root() {
+        // Someone else's file is ignored.
+        std::fs::write(home.join(".forward"), "mallory@remote.example\n").unwrap();
+        std::os::unix::fs::chown(home.join(".forward"), Some(4242), None).unwrap();
+        assert_eq!(plan_of(&e, "bob@mail.example", b""), vec![bob.clone()]);
+        std::fs::remove_file(home.join(".forward")).unwrap();
+    }
+    // `\alice` in an alias skips alice's .forward.
+    let ahome = e.dir.path().join("home/alice");
+    std::fs::create_dir_all(&ahome).unwrap();
+    std::fs::write(ahome.join(".forward"), "elsewhere@remote.example\n").unwrap();
+    assert!(
+        plan_of(&e, "team@mail.example", b"").contains(&maildir_action(
+            &e,
+            "alice",
+            "alice@mail.example"
+        ))
+    );
+    assert_eq!(
+        plan_of(&e, "alice@mail.example", b""),
+        vec![Action::Forward {
+            addr: "elsewhere@remote.example".into(),
+            owner: None
+        }]
+    );
+}
+
+#[test]
+fn forward_path_expansion() {
+    let attrs = [
+        ("home", "/h"),
+        ("extension", ""),
+        ("recipient_delimiter", "+"),
+    ];
+    assert_eq!(
+        expand_local("$home/.forward${recipient_delimiter}${extension}", &attrs),
+        None
+    );
+    assert_eq!(
+        expand_local("$home/.forward", &attrs).as_deref(),
+        Some("/h/.forward")
+    );
+    assert_eq!(
+        expand_local(
+            "${home}/f${extension?+$extension}${extension:.none}",
+            &attrs
+        )
+        .as_deref(),
+        Some("/h/f.none")
+    );
+    let attrs = [("home", "/h"), ("extension", "x")];
+    assert_eq!(
+        expand_local(
+            "${home}/f${extension?+$extension}${extension:.none}",
+            &attrs
+        )
+        .as_deref(),
+        Some("/h/f+x")
+    );
+    assert_eq!(expand_local("$unknown/x", &attrs), None);
+    assert_eq!(expand_local("$$home", &attrs).as_deref(), Some("$home"));
+    assert_eq!(expand_local("${home", &attrs), None);
+}
+
+/// mailbox_command delivers a known user's mail: sh -c, the message on its input, the
+/// user's environment, kept as written (no $name expansion of main.cf).
+#[tokio::test]
+async fn mailbox_command_delivers_with_the_users_environment() {
+    let e = std_env("mailbox_command = cat > \"$HOME/got\"; echo \"$USER $EXTENSION $RECIPIENT\" >> \"$HOME/got\"\n");
+    let home = e.dir.path().join("home/bob");
+    std::fs::create_dir_all(&home).unwrap();
+    if passwd::is_root() {
+        // Users of local_mailbox_base have no uid: their commands run as default_privs.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [e.dir.path(), &e.dir.path().join("home"), &home] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+    }
+    assert!(matches!(
+        &plan_of(&e, "bob@mail.example", b"")[..],
+        [Action::Command { cmd, .. }] if cmd.contains("$HOME/got")
+    ));
+    let rw = e.rw.clone();
+    let t = LocalTransport {
+        settings: Arc::new(RwLock::new(e.settings.clone())),
+        rewriter: Arc::new(move || rw.clone()),
+        queue: Queue::memory(),
+        agents: Default::default(),
+    };
+    let out = t
+        .deliver(job(&["bob+x@mail.example"], b"Subject: s\r\n\r\nhello\r\n"))
+        .await;
+    assert!(
+        matches!(&out[0].1, Outcome::Sent { detail, .. } if detail.starts_with("delivered to command: cat")),
+        "{out:?}"
+    );
+    let got = std::fs::read_to_string(home.join("got")).unwrap();
+    assert!(got.contains("Delivered-To: bob+x@mail.example\n"), "{got}");
+    assert!(got.ends_with("hello\nbob x bob+x@mail.example\n"), "{got}");
+}
