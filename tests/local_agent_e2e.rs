@@ -399,3 +399,44 @@ fn each_failing_alias_member_is_named_in_the_notice() {
     }
     inst.stop();
 }
+
+/// A user's .forward in the real binary: alice keeps a copy (`\alice`) and passes one to
+/// bob; each delivery is logged under its own address, bob's with alice as orig_to.
+#[test]
+fn a_dot_forward_file_splits_delivery() {
+    let mut inst = Instance::with_main_cf_extra(
+        "mydestination = mail.test\nmyorigin = mail.test\nalias_maps =\nlocal_recipient_maps = texthash:$config_directory/users\nlocal_mailbox_base = $queue_directory/localusers\nhome_mailbox = Maildir/\n",
+    );
+    std::fs::write(inst.conf().join("users"), "bob x\nalice x\n").unwrap();
+    let home = inst.queue().join("localusers/alice");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join(".forward"), "# mine\nbob, \\alice\n").unwrap();
+    inst.start();
+    sendmail(
+        &inst,
+        "carol@localhost",
+        "alice@mail.test",
+        b"Subject: fwd\n\nfor alice\n",
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || local_new(&inst, "bob").len() == 1
+            && local_new(&inst, "alice").len() == 1),
+        "bob {:?} alice {:?}\n{}",
+        local_new(&inst, "bob"),
+        local_new(&inst, "alice"),
+        inst.log()
+    );
+    let bob = std::fs::read_to_string(&local_new(&inst, "bob")[0]).unwrap();
+    assert!(
+        bob.starts_with("Return-Path: <carol@localhost>\nDelivered-To: bob@mail.test\n")
+            && bob.contains("for alice"),
+        "{bob}"
+    );
+    let log = inst.log();
+    assert!(
+        log.contains("to=<bob@mail.test>, orig_to=<alice@mail.test>, relay=local")
+            && log.contains("to=<alice@mail.test>, relay=local"),
+        "{log}"
+    );
+    inst.stop();
+}
