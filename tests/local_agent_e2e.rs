@@ -419,7 +419,8 @@ fn a_dot_forward_file_splits_delivery() {
         b"Subject: fwd\n\nfor alice\n",
     );
     assert!(
-        wait_until(Duration::from_secs(20), || local_new(&inst, "bob").len() == 1
+        wait_until(Duration::from_secs(20), || local_new(&inst, "bob").len()
+            == 1
             && local_new(&inst, "alice").len() == 1),
         "bob {:?} alice {:?}\n{}",
         local_new(&inst, "bob"),

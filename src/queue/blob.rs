@@ -86,7 +86,9 @@ pub enum BlobError {
 }
 
 struct Segment {
-    file: Arc<File>,
+    /// Open while bodies are written to it (until they are synced); the others are opened
+    /// for each read, so that a queue of many segments holds no descriptor for each.
+    file: Option<Arc<File>>,
     /// Bytes written (the end of the last body).
     size: u64,
     /// Bodies referenced from sled, and their bytes.
@@ -145,19 +147,14 @@ impl BlobStore {
             else {
                 continue;
             };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(entry.path())
-                .map_err(|e| BlobError::Io(seg_name(seg), e))?;
-            let size = file
+            let size = entry
                 .metadata()
                 .map_err(|e| BlobError::Io(seg_name(seg), e))?
                 .len();
             segments.insert(
                 seg,
                 Segment {
-                    file: Arc::new(file),
+                    file: None,
                     size,
                     refs: 0,
                     live: 0,
@@ -271,7 +268,7 @@ impl BlobStore {
                 g.segments.insert(
                     seg,
                     Segment {
-                        file: Arc::new(file),
+                        file: Some(Arc::new(file)),
                         size: 0,
                         refs: 0,
                         live: 0,
@@ -280,11 +277,12 @@ impl BlobStore {
             }
             let seg = g.active.unwrap_or_default();
             let s = g.segments.get_mut(&seg).ok_or(BlobError::Missing(seg))?;
+            let file = s.file.clone().ok_or(BlobError::Missing(seg))?;
             let start = s.size;
             s.size += need;
             s.refs += 1;
             s.live += u64::from(len);
-            (seg, start, s.file.clone())
+            (seg, start, file)
         };
         let res = file
             .write_all_at(&header, start)
@@ -316,6 +314,13 @@ impl BlobStore {
                 return Err(BlobError::Checksum(r.seg, r.off));
             }
             s.file.clone()
+        };
+        let file = match file {
+            Some(f) => f,
+            None => Arc::new(
+                File::open(self.dir.join(seg_name(r.seg)))
+                    .map_err(|e| BlobError::Io(seg_name(r.seg), e))?,
+            ),
         };
         let mut buf = vec![0u8; r.len as usize];
         file.read_exact_at(&mut buf, r.off)
@@ -358,7 +363,10 @@ impl BlobStore {
             let dirty = std::mem::take(&mut g.dirty);
             let files: Vec<(u32, Arc<File>)> = dirty
                 .into_iter()
-                .filter_map(|seg| g.segments.get(&seg).map(|s| (seg, s.file.clone())))
+                .filter_map(|seg| {
+                    let f = g.segments.get(&seg)?.file.clone()?;
+                    Some((seg, f))
+                })
                 .collect();
             (files, created)
         };
@@ -379,6 +387,16 @@ impl BlobStore {
                     }
                 }
                 return Err(BlobError::Io(seg_name(*seg), e));
+            }
+        }
+        // Closed segments that are synced need their descriptor no more.
+        let mut g = self.lock();
+        let active = g.active;
+        for (seg, _) in &files {
+            if Some(*seg) != active && !g.dirty.contains(seg) {
+                if let Some(s) = g.segments.get_mut(seg) {
+                    s.file = None;
+                }
             }
         }
         Ok(())

@@ -573,6 +573,15 @@ fn large_bodies_live_in_segments_and_go_with_their_messages() {
             .unwrap();
         spool.flush().unwrap();
         assert_eq!(spool.blob_segments(), 2, "two bodies per 64 KB segment");
+        // Only the segment being written stays open: a long queue holds no descriptor per
+        // segment.
+        let bodies = crate::queue::spool::bodies_dir(&path);
+        let open = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.starts_with(&bodies))
+            .count();
+        assert_eq!(open, 1, "open segment files");
         assert!(spool
             .rename("AAA", "NEWA", &mut |s, r| Some((s, r.to_vec())))
             .unwrap());
