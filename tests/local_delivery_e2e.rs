@@ -170,3 +170,47 @@ fn an_unlisted_virtual_mailbox_user_is_bounced_by_the_virtual_agent() {
     );
     inst.stop();
 }
+
+/// always_bcc, sender_bcc_maps and recipient_bcc_maps add blind copies in cleanup, as in
+/// Postfix, each as if given NOTIFY=NEVER: a copy that bounces sends the sender nothing.
+#[test]
+fn automatic_bcc_recipients_get_copies_and_their_failures_stay_silent() {
+    let mut inst = Instance::with_main_cf_extra(
+        "always_bcc = archive@localhost\nsender_bcc_maps = inline:{ { alice@localhost = alice-sent@localhost } }\nrecipient_bcc_maps = inline:{ { bob@localhost = lost@bounce.example } }\ntransport_maps = inline:{ { bounce.example = error:5.1.1 gone } }\n",
+    );
+    inst.start();
+    sendmail(
+        &inst,
+        "alice@localhost",
+        "bob@localhost",
+        b"Subject: copies\n\nfor bob\n",
+    );
+    for user in ["bob", "archive", "alice-sent"] {
+        let f = wait_files(&inst, user, 1);
+        assert_eq!(f.len(), 1, "{user}: {f:?}\n{}", inst.log());
+        let text = std::fs::read_to_string(&f[0]).unwrap();
+        assert!(text.contains("for bob"), "{user}: {text}");
+    }
+    let log = inst.log();
+    assert!(
+        log.contains("to=<lost@bounce.example>") && log.contains("status=bounced (gone)"),
+        "{log}"
+    );
+    // NOTIFY=NEVER for the copy: no notice reaches alice.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert!(maildir_files(&inst, "alice").is_empty(), "{}", inst.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A null sender gets no sender_bcc copy, always_bcc still applies.
+    sendmail(
+        &inst,
+        "<>",
+        "carol@localhost",
+        b"Subject: null\n\nfrom nobody\n",
+    );
+    assert_eq!(wait_files(&inst, "carol", 1).len(), 1, "{}", inst.log());
+    assert_eq!(wait_files(&inst, "archive", 2).len(), 2, "{}", inst.log());
+    assert_eq!(maildir_files(&inst, "alice-sent").len(), 1);
+    inst.stop();
+}

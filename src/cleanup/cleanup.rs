@@ -5,7 +5,7 @@ use actix::prelude::*;
 use std::sync::Arc;
 
 use super::message::{self, Settings, Submission};
-use crate::envelope::Recipient;
+use crate::envelope::{Envelope, Recipient};
 use crate::queue::{Meta, Queue, QueueName, Record};
 use crate::trivial_rewrite::Rewriter;
 
@@ -77,6 +77,49 @@ impl Cleanup {
     }
 }
 
+/// Automatic BCC recipients, as Postfix's cleanup adds them: sender_bcc_maps for a non-null
+/// sender, recipient_bcc_maps for each recipient, always_bcc. Each is added once, as if given
+/// with NOTIFY=NEVER (the sender hears nothing of a BCC copy), before virtual alias expansion.
+fn add_bcc(s: &Settings, rw: &Rewriter, env: &mut Envelope) -> Result<(), CleanupError> {
+    if env.recipients.is_empty() {
+        return Ok(());
+    }
+    let lookup = |maps: &crate::table::Maps, addr: &str| {
+        rw.find(maps, addr)
+            .map(|f| f.map(|(v, _)| v))
+            .map_err(|e| CleanupError::Temporary(format!("BCC table lookup failed: {e}")))
+    };
+    let mut bcc: Vec<String> = Vec::new();
+    if !env.sender.is_empty() {
+        bcc.extend(lookup(&s.sender_bcc_maps, &env.sender)?);
+    }
+    for r in &env.recipients {
+        bcc.extend(lookup(&s.recipient_bcc_maps, &r.address)?);
+    }
+    if !s.always_bcc.is_empty() {
+        bcc.push(s.always_bcc.clone());
+    }
+    for b in bcc {
+        let b = rw.canonicalize(b.trim());
+        if b.is_empty()
+            || env
+                .recipients
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(&b))
+        {
+            continue;
+        }
+        let mut r = Recipient::new(b);
+        r.notify = crate::envelope::Notify {
+            never: true,
+            explicit: true,
+            ..Default::default()
+        };
+        env.recipients.push(r);
+    }
+    Ok(())
+}
+
 /// Virtual alias expansion of the envelope: each result keeps the original recipient and its
 /// DSN parameters; duplicates collapse, as in Postfix.
 fn expand_recipients(rw: &Rewriter, rcpts: Vec<Recipient>) -> Result<Vec<Recipient>, CleanupError> {
@@ -135,6 +178,12 @@ impl Handler<Enqueue> for Cleanup {
                 env.sender = rewriter.canonicalize(&env.sender);
                 for r in &mut env.recipients {
                     r.address = rewriter.canonicalize(&r.address);
+                }
+                // A REDIRECT sends everything, copies included, to its one address.
+                if cleaned.redirect.is_none() {
+                    add_bcc(&settings, &rewriter, &mut env)?;
+                }
+                for r in &mut env.recipients {
                     // As Postfix records dsn_orig_rcpt for every recipient: the ORCPT the
                     // client gave, else the address as received. Alias expansions inherit it,
                     // and notices and next hops see the address the sender used.

@@ -26,6 +26,11 @@ pub struct Settings {
     pub body_checks: Option<Box<dyn CheckTable>>,
     /// mime_nesting_limit: deepest multipart nesting followed for MIME part checks.
     pub mime_nesting_limit: usize,
+    /// always_bcc: an address that gets a copy of every message received.
+    pub always_bcc: String,
+    /// sender_bcc_maps / recipient_bcc_maps: copies by envelope sender or recipient.
+    pub sender_bcc_maps: crate::table::Maps,
+    pub recipient_bcc_maps: crate::table::Maps,
 }
 
 /// Most MIME parts whose headers are checked in one message; past it the rest is body.
@@ -65,6 +70,9 @@ impl Settings {
             mime_header_checks: checks("mime_header_checks")?,
             body_checks: checks("body_checks")?,
             mime_nesting_limit: cfg.get_int("mime_nesting_limit").max(0) as usize,
+            always_bcc: cfg.get("always_bcc").trim().to_string(),
+            sender_bcc_maps: crate::table::Maps::open(&cfg.get_list("sender_bcc_maps"))?,
+            recipient_bcc_maps: crate::table::Maps::open(&cfg.get_list("recipient_bcc_maps"))?,
         })
     }
 }
@@ -529,6 +537,9 @@ mod tests {
             mime_header_checks: None,
             body_checks: None,
             mime_nesting_limit: 100,
+            always_bcc: String::new(),
+            sender_bcc_maps: Default::default(),
+            recipient_bcc_maps: Default::default(),
         }
     }
 

@@ -15,7 +15,12 @@
 //!   attached message/rfc822 parts are body lines (nested_header_checks is not implemented).
 //!   It adds Postfix's Received:
 //!   header with the queue ID, and adds Date:, Message-ID: and From: where missing for local
-//!   submissions (and remote ones with always_add_missing_headers). It then writes the queue
+//!   submissions (and remote ones with always_add_missing_headers). Unless a REDIRECT
+//!   replaced the recipients, it adds automatic blind copies: sender_bcc_maps for a non-null
+//!   sender, recipient_bcc_maps for each recipient (looked up as user@domain, user for local
+//!   domains, @domain), always_bcc; each once, with NOTIFY=NEVER, before virtual alias
+//!   expansion (as Postfix 2.3 and later). canonical and masquerading maps are not
+//!   implemented (`relais check` says so when they are set). It then writes the queue
 //!   record in one durable change and only then answers the submitter, who only then
 //!   answers 250 to its client.
 //!
@@ -32,7 +37,7 @@
 //! CONFIGURATION PARAMETERS
 //!   header_checks (), mime_header_checks ($header_checks), body_checks (), mime_nesting_limit (100),
 //!   always_add_missing_headers (no), header_size_limit (102400), myhostname, myorigin,
-//!   mail_name (relais)
+//!   mail_name (relais), always_bcc (), sender_bcc_maps (), recipient_bcc_maps ()
 
 pub mod checks;
 #[allow(clippy::module_inception)]

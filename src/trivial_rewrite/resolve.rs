@@ -320,8 +320,12 @@ impl Rewriter {
 
     /// One virtual_alias_maps lookup in Postfix's order; the result list, with an unmatched
     /// address extension propagated to each result's local part.
-    fn alias_once(&self, addr: &str) -> Result<Option<Vec<String>>, RewriteError> {
-        if self.virtual_alias_maps.is_empty() {
+    /// Looks `addr` up in `maps` in Postfix's order for address tables (mail_addr_find):
+    /// `user+ext@domain`, `user@domain`, then for a local domain or $myorigin `user+ext` and
+    /// `user`, then `@domain`. The flag says whether the entry matched without the
+    /// extension (for propagate_unmatched_extensions).
+    pub fn find(&self, maps: &Maps, addr: &str) -> Result<Option<(String, bool)>, RewriteError> {
+        if maps.is_empty() {
             return Ok(None);
         }
         let Some((local, domain)) = addr.rsplit_once('@') else {
@@ -329,8 +333,7 @@ impl Rewriter {
         };
         let (base, ext) = self.split_ext(local);
         let look = |k: &str| {
-            self.virtual_alias_maps
-                .lookup(k)
+            maps.lookup(k)
                 .map_err(|e| RewriteError::Temporary(e.to_string()))
         };
         let mut found: Option<(String, bool)> = None;
@@ -357,6 +360,14 @@ impl Rewriter {
                 found = Some((v, true));
             }
         }
+        Ok(found)
+    }
+
+    fn alias_once(&self, addr: &str) -> Result<Option<Vec<String>>, RewriteError> {
+        let found = self.find(&self.virtual_alias_maps, addr)?;
+        let ext = addr
+            .rsplit_once('@')
+            .and_then(|(local, _)| self.split_ext(local).1);
         Ok(found.map(|(v, propagate)| {
             crate::config::split_list(&v)
                 .into_iter()
