@@ -325,6 +325,16 @@ impl Rewriter {
     /// `user`, then `@domain`. The flag says whether the entry matched without the
     /// extension (for propagate_unmatched_extensions).
     pub fn find(&self, maps: &Maps, addr: &str) -> Result<Option<(String, bool)>, RewriteError> {
+        self.find_with(maps, addr, true)
+    }
+
+    /// [`find`](Self::find); `local_part` false skips the `user+ext` and `user` keys.
+    fn find_with(
+        &self,
+        maps: &Maps,
+        addr: &str,
+        local_part: bool,
+    ) -> Result<Option<(String, bool)>, RewriteError> {
         if maps.is_empty() {
             return Ok(None);
         }
@@ -345,6 +355,7 @@ impl Rewriter {
             }
         }
         if found.is_none()
+            && local_part
             && (self.is_local_domain(domain)? || domain.eq_ignore_ascii_case(&self.myorigin))
         {
             if let Some(v) = look(local)? {
@@ -464,23 +475,7 @@ impl Rewriter {
     /// An address looked up in `maps` as Postfix does for non-local domains:
     /// `user+ext@domain`, then `user@domain`, then `@domain` (relay_recipient_maps too).
     pub fn find_address(&self, maps: &Maps, addr: &str) -> Result<Option<String>, RewriteError> {
-        let Some((local, domain)) = addr.rsplit_once('@') else {
-            return Ok(None);
-        };
-        let look = |k: &str| {
-            maps.lookup(k)
-                .map_err(|e| RewriteError::Temporary(e.to_string()))
-        };
-        if let Some(v) = look(addr)? {
-            return Ok(Some(v));
-        }
-        let (base, ext) = self.split_ext(local);
-        if ext.is_some() {
-            if let Some(v) = look(&format!("{base}@{domain}"))? {
-                return Ok(Some(v));
-            }
-        }
-        look(&format!("@{domain}"))
+        Ok(self.find_with(maps, addr, false)?.map(|(v, _)| v))
     }
 
     fn transport_lookup(
