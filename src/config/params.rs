@@ -357,7 +357,7 @@ pub static PARAMS: &[Param] = &[
     p!("local_header_rewrite_clients", "permit_inet_interfaces", List, "clients whose message headers are rewritten (relais rewrites no headers)", No),
     p!("remote_header_rewrite_domain", "", Str, "domain appended to incomplete header addresses from remote clients (relais rewrites no headers)", No),
     p!("smtp_generic_maps", "", List, "smtp(8): address rewriting of outgoing mail (not implemented by relais)", No),
-    p!("relocated_maps", "", List, "addresses of users who moved, answered 5.1.6 (not implemented by relais)", No),
+    p!("relocated_maps", "", List, "trivial-rewrite: users who moved; their mail bounces (and smtpd refuses it) with 5.1.6 \"User has moved to\" the table's value", Yes),
     p!("sender_dependent_relayhost_maps", "", List, "relayhost by envelope sender (not implemented by relais: relayhost applies)", No),
     p!("mailbox_command", "", Str, "local(8): command that delivers to a user's mailbox (sh -c, the message on input, as the user, HOME, USER, EXTENSION, … set); not subjected to $name expansion", Yes),
     p!("forward_path", "$home/.forward${recipient_delimiter}${extension}, $home/.forward", Str, "local(8): a user's .forward files, the first that exists wins ($home, $user, $local, $domain, $recipient, $extension, $recipient_delimiter, $shell; a path naming an empty value is skipped)", Yes),

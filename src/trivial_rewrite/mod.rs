@@ -16,6 +16,8 @@
 //!   transport_maps (full address, then domain, then parent domains) override the transport
 //!   and/or next hop; `[host]:port` next hops skip the MX lookup. `[address]` literals are
 //!   local when they name an inet_interfaces address (every interface address for `all`).
+//!   Last, whatever the class, a user listed in relocated_maps goes to the error transport
+//!   with `5.1.6 User has moved to <new location>` (smtpd refuses it at RCPT with that text).
 //!   local_recipient_maps (alias tables read as aliases(5) text, unix:passwd.byname through
 //!   getpwnam) tells smtpd which local users exist (`local_user_known`).
 //!
@@ -33,7 +35,7 @@
 //!   local_transport (local:$myhostname), virtual_transport (virtual), relay_transport (relay),
 //!   default_transport (smtp), relayhost (), virtual_alias_recursion_limit (1000),
 //!   virtual_alias_expansion_limit (1000), inet_interfaces (all), alias_maps,
-//!   local_recipient_maps (proxy:unix:passwd.byname $alias_maps)
+//!   local_recipient_maps (proxy:unix:passwd.byname $alias_maps), relocated_maps ()
 
 pub mod resolve;
 

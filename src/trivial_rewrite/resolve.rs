@@ -114,6 +114,8 @@ pub struct Rewriter {
     mailbox_domains: DomainList,
     relay_domains: DomainList,
     virtual_alias_maps: Maps,
+    /// relocated_maps: users who moved (5.1.6 "User has moved to …").
+    relocated_maps: Maps,
     virtual_mailbox_maps: Maps,
     transport_maps: Maps,
     local_transport: (String, String),
@@ -184,6 +186,7 @@ impl Rewriter {
             mailbox_domains: DomainList::parse(&cfg.get_list("virtual_mailbox_domains"), false)?,
             relay_domains: DomainList::parse(&cfg.get_list("relay_domains"), pm("relay_domains"))?,
             virtual_alias_maps: maps(cfg, "virtual_alias_maps")?,
+            relocated_maps: maps(cfg, "relocated_maps")?,
             virtual_mailbox_maps: maps(cfg, "virtual_mailbox_maps")?,
             transport_maps: maps(cfg, "transport_maps")?,
             local_transport: split_transport(&cfg.get("local_transport")),
@@ -536,6 +539,11 @@ impl Rewriter {
                 }
             }
         }
+        // As Postfix: whatever the class, and after transport_maps.
+        if let Some((newloc, _)) = self.find(&self.relocated_maps, &address)? {
+            transport = "error".to_string();
+            nexthop = format!("5.1.6 User has moved to {}", newloc.trim());
+        }
         if nexthop.is_empty() {
             nexthop = match class {
                 Class::Default | Class::Relay if !self.relayhost.is_empty() => {
@@ -691,5 +699,24 @@ mod tests {
         assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Default);
         let (r, _d) = rw("inet_interfaces = loopback-only\n", &[]);
         assert_eq!(r.domain_class("[127.0.0.1]").unwrap(), Class::Local);
+    }
+
+    /// relocated_maps bounces a moved user whatever the address class, after transport_maps,
+    /// with 5.1.6 (Postfix's resolve.c); the extension does not hide the user.
+    #[test]
+    fn relocated_users_go_to_the_error_transport() {
+        let (r, _d) = rw(
+            "mydestination = $myhostname\nrecipient_delimiter = +\nrelocated_maps = inline:{ { old@tutu.org = new@example.net }, { bob = bob@elsewhere.example } }\ntransport_maps = inline:{ { tutu.org = smtp:[relay.example] } }\n",
+            &[],
+        );
+        let moved = r.resolve("old@tutu.org").unwrap();
+        assert_eq!(moved.transport, "error");
+        assert_eq!(moved.nexthop, "5.1.6 User has moved to new@example.net");
+        let local = r.resolve("bob+x@mail.exemple.fr").unwrap();
+        assert_eq!(
+            (local.transport.as_str(), local.nexthop.as_str()),
+            ("error", "5.1.6 User has moved to bob@elsewhere.example")
+        );
+        assert_eq!(r.resolve("other@tutu.org").unwrap().transport, "smtp");
     }
 }
