@@ -878,6 +878,27 @@ impl Qmgr {
                 }),
         );
     }
+
+    /// Lets the spool reclaim the segments of delivered bodies, on a blocking thread.
+    fn compact(&mut self, ctx: &mut Context<Self>) {
+        if self.compacting {
+            return;
+        }
+        self.compacting = true;
+        let queue = self.queue.clone();
+        ctx.spawn(
+            async move { queue.compact().await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.compacting = false;
+                    match res {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!("queue compaction moved {n} bodies"),
+                        Err(e) => tracing::warn!("queue compaction: {e}"),
+                    }
+                }),
+        );
+    }
 }
 
 /// What a job says about its site: reached when any recipient got a final answer or a
@@ -1101,29 +1122,6 @@ impl Actor for Qmgr {
             act.scan(ctx, true, false, None);
             act.compact(ctx);
         });
-    }
-}
-
-impl Qmgr {
-    /// Lets the spool reclaim the segments of delivered bodies, on a blocking thread.
-    fn compact(&mut self, ctx: &mut Context<Self>) {
-        if self.compacting {
-            return;
-        }
-        self.compacting = true;
-        let queue = self.queue.clone();
-        ctx.spawn(
-            async move { queue.compact().await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.compacting = false;
-                    match res {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!("queue compaction moved {n} bodies"),
-                        Err(e) => tracing::warn!("queue compaction: {e}"),
-                    }
-                }),
-        );
     }
 }
 

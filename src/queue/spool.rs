@@ -74,7 +74,7 @@ pub trait Spool: Send + Sync + 'static {
     fn flush(&self) -> Result<(), SpoolError>;
     /// A number unique across restarts, for queue IDs.
     fn generate_id(&self) -> Result<u64, SpoolError>;
-    /// Reclaims space held by removed messages' bodies (see [`SledSpool::compact`]);
+    /// Reclaims space held by removed messages' bodies (see [`SledSpool::compact_blobs`]);
     /// returns how many bodies were moved.
     fn compact(&self) -> Result<usize, SpoolError> {
         Ok(0)
