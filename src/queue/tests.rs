@@ -13,6 +13,17 @@ fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
     open().unwrap()
 }
 
+/// The spool's sled database opened directly, as a crash left it (tests change it behind
+/// the spool's back).
+fn raw_db(path: &std::path::Path) -> sled::Db {
+    reopen(|| {
+        sled::Config::new()
+            .path(path)
+            .segment_size(crate::queue::spool::SEGMENT_SIZE)
+            .open()
+    })
+}
+
 fn rec(sender: &str, rcpts: &[&str]) -> Record {
     Record {
         envelope: Envelope {
@@ -466,12 +477,7 @@ fn repair_mends_index_and_orphan_bodies() {
         spool.flush().unwrap();
     }
     {
-        let db = reopen(|| {
-            sled::Config::new()
-                .path(&path)
-                .segment_size(crate::queue::spool::SEGMENT_SIZE)
-                .open()
-        });
+        let db = raw_db(&path);
         // A crash: no closed-cleanly mark.
         db.remove(crate::queue::spool::CLOSED_CLEANLY).unwrap();
         db.open_tree("records").unwrap().remove("BBB").unwrap();
@@ -510,12 +516,7 @@ fn only_a_run_that_was_cut_short_costs_a_body_scan() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let orphan = |key: &str| {
-        let db = reopen(|| {
-            sled::Config::new()
-                .path(&path)
-                .segment_size(crate::queue::spool::SEGMENT_SIZE)
-                .open()
-        });
+        let db = raw_db(&path);
         let marked = db
             .get(crate::queue::spool::CLOSED_CLEANLY)
             .unwrap()
@@ -690,12 +691,7 @@ fn a_record_whose_body_was_torn_by_a_crash_is_dropped_at_open() {
     f.set_len(len - 100).unwrap();
     drop(f);
     {
-        let db = reopen(|| {
-            sled::Config::new()
-                .path(&path)
-                .segment_size(crate::queue::spool::SEGMENT_SIZE)
-                .open()
-        });
+        let db = raw_db(&path);
         db.remove(crate::queue::spool::CLOSED_CLEANLY).unwrap();
         db.flush().unwrap();
     }
