@@ -39,7 +39,7 @@
 //!   enable_long_queue_ids (no): long, time-ordered queue IDs.
 //!   relais_body_segment_size (33554432): a body segment file takes no more after this.
 
-pub mod blob;
+pub mod journal;
 pub mod id;
 pub mod spool;
 
@@ -270,7 +270,7 @@ impl Queue {
     /// Opens `$queue_directory/db` (blocking). Fails while another process (the daemon)
     /// holds the database.
     pub fn open(queue_directory: &Path, long_ids: bool) -> Result<Queue, QueueError> {
-        Self::open_with(queue_directory, long_ids, blob::SEGMENT_BYTES)
+        Self::open_with(queue_directory, long_ids, journal::SEGMENT_BYTES)
     }
 
     /// [`open`](Self::open), with body segment files that close at `segment_bytes`
@@ -599,8 +599,18 @@ impl Queue {
             let Some(m) = transition_blocking(s, &idc, &from, QueueName::Active, |_| {})? else {
                 return Ok(None);
             };
-            let content = s.content(&idc)?.unwrap_or_default();
-            Ok(Some((m, content)))
+            match s.content(&idc) {
+                Ok(content) => Ok(Some((m, content.unwrap_or_default()))),
+                // Bytes that are gone or wrong will not read on a retry: the message goes
+                // where Postfix puts an unreadable queue file, and is reported.
+                Err(SpoolError::Journal(e)) if e.is_damage() => {
+                    tracing::warn!("{idc}: corrupt queue file: {e}: moved to the corrupt queue");
+                    transition_blocking(s, &idc, &[QueueName::Active], QueueName::Corrupt, |_| {})?;
+                    s.flush()?;
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
         })
         .await
     }

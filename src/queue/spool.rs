@@ -1,17 +1,16 @@
-//! The storage behind the queue: a small byte-level trait with a sled backend (production)
-//! and an in-memory backend (unit tests).
+//! The storage behind the queue: a small byte-level trait with a journal-plus-sled backend
+//! (production) and an in-memory backend (unit tests).
 //!
-//! A record value is one state byte followed by the bincode envelope record; content lives
-//! in its own tree so that status updates never rewrite the body. A third tree indexes
-//! `state byte + id` so that listing one queue does not scan the others. Every change has
-//! one commit point, the atomic write of the message's record (see [`SledSpool`]). Bodies
-//! of [`BLOB_MIN`] bytes or more live in segment files beside the database, referenced from
-//! sled (see [`super::blob`]).
+//! A record value is one state byte followed by the bincode envelope record. In production
+//! every change is first appended to the queue journal ([`super::journal`]: checksummed
+//! segment files, `fdatasync`ed at each flush) and then applied to sled, which indexes
+//! `state byte + id` so that listing one queue does not scan the others and keeps each
+//! message's record for fast reads (see [`SledSpool`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::blob::{BlobError, BlobRef, BlobStore, BLOB_MIN};
+use super::journal::{BlobRef, Journal, JournalError, Kind, RecLoc, Slot};
 
 /// What an [`Spool::update`] callback decides for the record it was shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +28,7 @@ pub enum SpoolError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error(transparent)]
-    Blob(#[from] BlobError),
+    Journal(#[from] JournalError),
     #[error("{0}")]
     Other(String),
 }
@@ -214,35 +213,80 @@ impl Spool for MemSpool {
     }
 }
 
-/// The production spool: one sled database. `records` (ID → state byte + record) is the
-/// truth; `content` holds small bodies, `blobs` references the large ones in segment files
-/// ([`BlobStore`]), `index` (state byte + ID) lists one queue without reading the others, and
-/// `renames` journals a reinjection in flight.
+/// The production spool: a journal ([`Journal`], the durable truth) and one sled database
+/// (index and state store). `records` (ID → state byte + record) is what the queue reads;
+/// `blobrefs` holds each message's [`Slot`] (where its body and latest record entry are in
+/// the journal), `index` (state byte + ID) lists one queue without reading the others.
+/// `content` and `renames` are read only to take over a spool written before the journal.
+///
+/// Every change is appended to the journal first, then applied to sled; [`Spool::flush`]
+/// is the journal's `fdatasync`, so a change is durable whatever sled has written. sled is
+/// not flushed for a commit: its own flush is `sync_file_range` on Linux, which is not
+/// durable, and whatever it loses [`SledSpool::reconcile`] brings back at open.
 ///
 /// No sled transactions: once a process uses one, sled puts every operation behind one
-/// process-wide lock, and its background flusher holds that lock's read side while it
-/// writes, so every queue change of every session waited in one line (measured: the accept
-/// and delivery rates rose by half without them). Instead each change has one commit point,
-/// a single-key write of the message's record, with the other writes ordered around it so
-/// that a crash at any point leaves either the old or the new state plus leftovers that
-/// [`SledSpool::repair`] clears at open. Changes to one ID are serialised by a lock stripe.
+/// process-wide lock (measured: the accept and delivery rates rose by half without them).
+/// Changes to one ID are serialised by a lock stripe.
 pub struct SledSpool {
     db: sled::Db,
     records: sled::Tree,
     content: sled::Tree,
     blobrefs: sled::Tree,
-    blobs: BlobStore,
+    journal: Journal,
     index: sled::Tree,
     renames: sled::Tree,
     stripes: Vec<Mutex<()>>,
     /// A change stopped between its writes (an error or a panic): the next open must not
-    /// trust this run's shutdown, see [`CLOSED_CLEANLY`].
+    /// take disagreement between sled and the journal for damage, see [`CLOSED_CLEANLY`].
     broken: std::sync::atomic::AtomicBool,
+    report: Mutex<Report>,
 }
 
-/// Written when the spool is dropped with every change complete, removed at open. Without it
-/// the next open looks for bodies left without a record, which reads every body.
+/// Written when the spool is dropped with every change complete and sled flushed, removed at
+/// open. With it, sled and the journal must agree at the next open: a difference is damage
+/// and is logged as a warning; without it, sled is expected to lag behind the journal.
 pub const CLOSED_CLEANLY: &[u8] = b"relais:closed-cleanly";
+
+/// The state byte of Postfix's `active` queue ([`crate::queue::QueueName::Active`]): moves
+/// into it are not journalled, since recovery puts an active message back into incoming.
+pub const ACTIVE: u8 = 2;
+/// The state byte of the `corrupt` queue ([`crate::queue::QueueName::Corrupt`]).
+pub const CORRUPT: u8 = 5;
+
+/// What the last open (or [`SledSpool::reconcile`]) found, for `postsuper -s` and the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Messages whose record sled had lost or held in an older form, taken from the journal.
+    pub restored: usize,
+    /// Messages removed in the journal that sled still held.
+    pub removed: usize,
+    /// Messages moved to the corrupt queue (body or record unreadable).
+    pub corrupted: usize,
+    /// Messages written before the journal, now in it.
+    pub migrated: usize,
+    /// Messages lost with no record left to keep (their envelope unreadable).
+    pub lost: usize,
+    /// Stretches of journal bytes that did not read as entries.
+    pub damaged_ranges: usize,
+    /// Index entries added or removed.
+    pub index_fixed: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restored={} removed={} corrupt={} migrated={} lost={} damaged_ranges={} index_fixed={}",
+            self.restored,
+            self.removed,
+            self.corrupted,
+            self.migrated,
+            self.lost,
+            self.damaged_ranges,
+            self.index_fixed
+        )
+    }
+}
 
 /// Marks the spool broken unless the change it guards finishes (`std::mem::forget`).
 struct Unfinished<'a>(&'a std::sync::atomic::AtomicBool);
@@ -255,20 +299,53 @@ impl Drop for Unfinished<'_> {
 
 const STRIPES: usize = 64;
 
-/// sled's page cache. Its default, 1 GB, is sized for a database, not for a queue whose
-/// bodies are each read once; sled counts on-disk bytes here, so the resident size can be
-/// larger (a backlog of 8,000 bodies of 50 KB peaked near 500 MB with either value).
-const CACHE_CAPACITY: u64 = 128 << 20;
+/// sled's page cache. Its default, 1 GB, is sized for a database; the queue keeps only
+/// records and references in sled (bodies are in the journal), and reads each a few times.
+const CACHE_CAPACITY: u64 = 32 << 20;
+
+/// What the journal says of one ID, at open.
+enum Seen {
+    Live {
+        state: u8,
+        seq: u64,
+        rec: RecLoc,
+        rec_ok: bool,
+        body: Option<BlobRef>,
+        body_ok: bool,
+    },
+    Gone,
+}
 
 impl SledSpool {
-    /// Opens (creating) the database at `path` and repairs what a crash left half done.
-    /// Fails while another process holds it.
+    /// Opens (creating) the database at `path` and its journal beside it, and makes the
+    /// database agree with the journal. Fails while another process holds it.
     pub fn open(path: &std::path::Path) -> Result<SledSpool, SpoolError> {
-        Self::open_with(path, super::blob::SEGMENT_BYTES)
+        Self::open_with(path, super::journal::SEGMENT_BYTES)
     }
 
-    /// [`open`](Self::open), with body segments that close at `segment_bytes`.
+    /// [`open`](Self::open), with journal segments that close at `segment_bytes`. A
+    /// database sled finds corrupt is moved aside (`db.corrupt-TIME`, for the operator) and
+    /// rebuilt from the journal.
     pub fn open_with(path: &std::path::Path, segment_bytes: u64) -> Result<SledSpool, SpoolError> {
+        match Self::open_once(path, segment_bytes) {
+            Err(SpoolError::Sled(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{}", super::now().0));
+                let aside = std::path::PathBuf::from(aside);
+                tracing::warn!(
+                    "queue database {}: corrupt ({e}): moved to {} and rebuilt from the queue journal",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(path, &aside)
+                    .map_err(|e| SpoolError::Other(format!("{}: {e}", path.display())))?;
+                Self::open_once(path, segment_bytes)
+            }
+            other => other,
+        }
+    }
+
+    fn open_once(path: &std::path::Path, segment_bytes: u64) -> Result<SledSpool, SpoolError> {
         let db = sled::Config::new()
             .path(path)
             .segment_size(segment_size(path))
@@ -284,107 +361,56 @@ impl SledSpool {
             records: db.open_tree("records")?,
             content: db.open_tree("content")?,
             blobrefs: db.open_tree("blobs")?,
-            blobs: BlobStore::open(&bodies_dir(path), segment_bytes)?,
+            journal: Journal::open(&bodies_dir(path), segment_bytes)?,
             index: db.open_tree("index")?,
             renames: db.open_tree("renames")?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             broken: std::sync::atomic::AtomicBool::new(false),
+            report: Mutex::new(Report::default()),
             db,
         };
-        let clean = spool.db.remove(CLOSED_CLEANLY)?.is_some();
-        if spool.repair(!clean)? || clean {
-            spool.db.flush()?;
-        }
-        // Count the references only now, after repair has dropped the stale ones.
+        // The mark holds the journal's last sequence number at the clean close.
+        let mark = spool.db.remove(CLOSED_CLEANLY)?.map(|v| {
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes)
+        });
+        spool.finish_renames()?;
+        let mut report = spool.reconcile(mark)?;
+        report.index_fixed = spool.repair_index()?;
+        spool.db.flush()?;
+        // Count the references only now, after reconciling.
         for kv in spool.blobrefs.iter() {
             let (id, v) = kv?;
-            let Some(r) = BlobRef::decode(&v) else {
+            let Some(slot) = Slot::decode(&v) else {
                 continue;
             };
-            if !spool.blobs.adopt(&r) {
+            if !spool.journal.adopt(&slot) {
                 tracing::warn!(
-                    "{}: body segment {} is missing",
+                    "{}: queue journal segment {} is missing",
                     String::from_utf8_lossy(&id),
-                    r.seg
+                    slot.body.seg
                 );
             }
         }
-        spool.blobs.prune()?;
+        spool.journal.prune()?;
+        if report != Report::default() {
+            tracing::info!("queue {}: open: {report}", path.display());
+        }
+        if let Ok(mut g) = spool.report.lock() {
+            *g = report;
+        }
         Ok(spool)
     }
 
-    /// Copies the live bodies of mostly-dead segments ([`BlobStore::sparse`]) into the
-    /// current one, so that the old files can go. The copies are synced before a reference
-    /// moves to them, and an old segment is unlinked only after sled has flushed the moves:
-    /// a crash in between finds every body at its old place or at its new one.
-    pub fn compact_blobs(&self) -> Result<usize, SpoolError> {
-        let sparse = self.blobs.sparse();
-        if sparse.is_empty() {
-            return Ok(0);
-        }
-        let mut copies = Vec::new();
-        for kv in self.blobrefs.iter() {
-            let (id, v) = kv?;
-            let Some(old) = BlobRef::decode(&v).filter(|r| sparse.contains(&r.seg)) else {
-                continue;
-            };
-            let id = String::from_utf8_lossy(&id).into_owned();
-            // An unreadable body stays where it is; its message defers with a read error.
-            let Ok(body) = self.blobs.read(&old) else {
-                continue;
-            };
-            let new = self.blobs.write(&id, &body)?;
-            copies.push((id, old, new));
-        }
-        self.blobs.sync()?;
-        let mut moved = 0;
-        for (id, old, new) in copies {
-            let _g = self.lock(&id)?;
-            let current = self.blobrefs.get(id.as_bytes())?;
-            if current.as_deref().and_then(BlobRef::decode) == Some(old) {
-                self.blobrefs.insert(id.as_bytes(), &new.encode())?;
-                self.blobs.release(&old);
-                moved += 1;
-            } else {
-                // Delivered or removed meanwhile.
-                self.blobs.release(&new);
-            }
-        }
-        self.flush()?;
-        Ok(moved)
+    /// What the last open found.
+    pub fn last_report(&self) -> Report {
+        self.report.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
-    /// Body segment files present.
-    pub fn blob_segments(&self) -> usize {
-        self.blobs.segments()
-    }
-
-    fn blobref(&self, id: &str) -> Result<Option<BlobRef>, SpoolError> {
-        Ok(self
-            .blobrefs
-            .get(id.as_bytes())?
-            .and_then(|v| BlobRef::decode(&v)))
-    }
-
-    /// Removes `id`'s body, wherever it is.
-    fn remove_body(&self, id: &str) -> Result<(), SpoolError> {
-        self.content.remove(id.as_bytes())?;
-        if let Some(r) = self
-            .blobrefs
-            .remove(id.as_bytes())?
-            .and_then(|v| BlobRef::decode(&v))
-        {
-            self.blobs.release(&r);
-        }
-        Ok(())
-    }
-
-    /// Finishes or undoes what a crash interrupted: a journalled reinjection is completed
-    /// when its new record exists and undone otherwise; index entries that disagree with
-    /// their record go, missing ones are added; with `bodies` (after a crash), bodies without
-    /// a record go. Returns whether anything changed.
-    pub fn repair(&self, bodies: bool) -> Result<bool, SpoolError> {
-        let mut changed = false;
+    /// Finishes or undoes a reinjection that a crash cut in a spool written before the
+    /// journal (its `renames` tree); the journal's renames are single entries.
+    fn finish_renames(&self) -> Result<(), SpoolError> {
         for kv in self.renames.iter() {
             let (new, old) = kv?;
             if self.records.contains_key(&new)? {
@@ -399,8 +425,317 @@ impl SledSpool {
                 self.blobrefs.remove(&new)?;
             }
             self.renames.remove(&new)?;
-            changed = true;
         }
+        Ok(())
+    }
+
+    /// Makes sled agree with the journal: records sled lost or holds in an older form come
+    /// back, removals it missed are applied, messages whose body or record cannot be read
+    /// move to the corrupt queue, and messages from before the journal are written into it.
+    /// With `mark` (the last run closed cleanly, with this last sequence number) every
+    /// difference is damage and is logged as a warning, and sled is trusted where the journal
+    /// lost its tail. Memory: one small entry per queued message while it runs.
+    pub fn reconcile(&self, mark: Option<u64>) -> Result<Report, SpoolError> {
+        let clean = mark.is_some();
+        let mut report = Report::default();
+        self.journal.sync_all_present()?;
+        let mut seen: std::collections::HashMap<String, Seen> = std::collections::HashMap::new();
+        let mut journal_max = 0u64;
+        let damage = self.journal.scan(|e| {
+            journal_max = journal_max.max(e.seq);
+            let live = Seen::Live {
+                state: e.state,
+                seq: e.seq,
+                rec: e.rec,
+                rec_ok: e.rec_ok,
+                body: e.body,
+                body_ok: e.body_ok,
+            };
+            match e.kind {
+                Kind::Message => {
+                    seen.insert(e.id.clone(), live);
+                }
+                Kind::State => match seen.get_mut(&e.id) {
+                    Some(Seen::Live {
+                        state,
+                        seq,
+                        rec,
+                        rec_ok,
+                        ..
+                    }) => {
+                        // A damaged newer record leaves the older one in force.
+                        if e.rec_ok || !*rec_ok {
+                            *state = e.state;
+                            *seq = e.seq;
+                            *rec = e.rec;
+                            *rec_ok = e.rec_ok;
+                        }
+                    }
+                    _ => {
+                        seen.insert(
+                            e.id.clone(),
+                            Seen::Live {
+                                state: e.state,
+                                seq: e.seq,
+                                rec: e.rec,
+                                rec_ok: e.rec_ok,
+                                body: None,
+                                body_ok: false,
+                            },
+                        );
+                    }
+                },
+                Kind::Removal => {
+                    seen.insert(e.id.clone(), Seen::Gone);
+                }
+                Kind::Rename => {
+                    seen.insert(e.old.clone(), Seen::Gone);
+                    seen.insert(e.id.clone(), live);
+                }
+            }
+        })?;
+        for d in &damage {
+            tracing::warn!("{d}: skipped (corrupt)");
+        }
+        report.damaged_ranges = damage.len();
+        // Numbers already used must not be handed out again, wherever they survive.
+        let mut sled_max = 0;
+        for kv in self.blobrefs.iter() {
+            let (_, v) = kv?;
+            sled_max = sled_max.max(Slot::decode(&v).map_or(0, |s| s.seq));
+        }
+        self.journal
+            .seen_seq(journal_max.max(sled_max).max(mark.unwrap_or(0)));
+        // After a clean close sled held every change; a journal that ends before the close's
+        // number has lost its tail, and what sled no longer holds was removed in it.
+        let tail_lost = mark.is_some_and(|m| journal_max < m);
+        let loud = clean || !damage.is_empty();
+        for (id, s) in &seen {
+            let idb = id.as_bytes();
+            let current = self.records.get(idb)?;
+            let Seen::Live {
+                state,
+                seq,
+                rec,
+                rec_ok,
+                body,
+                body_ok,
+            } = s
+            else {
+                if let Some(v) = current {
+                    if clean {
+                        tracing::warn!("{id}: removed: the queue database had missed its removal");
+                    }
+                    self.records.remove(idb)?;
+                    self.index.remove(index_key(split(&v).0, id))?;
+                    self.blobrefs.remove(idb)?;
+                    self.content.remove(idb)?;
+                    report.removed += 1;
+                }
+                continue;
+            };
+            let slot_now = self.blobref(id)?;
+            let journal_body = match body {
+                Some(b) if *body_ok => Some(*b),
+                _ => None,
+            };
+            let Some(v) = current.as_deref() else {
+                if tail_lost {
+                    tracing::info!("{id}: removed: the queue journal lost the end of its last run, and the queue database no longer holds it");
+                    self.journal.write_removal(id)?;
+                    report.removed += 1;
+                    continue;
+                }
+                // sled lost it: the journal's copy comes back.
+                if !*rec_ok {
+                    tracing::warn!("{id}: lost: its queue record is corrupt in the queue journal and the queue database has none");
+                    report.lost += 1;
+                    continue;
+                }
+                let bytes = match self.journal.read_record(rec) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("{id}: lost: queue journal: {e}");
+                        report.lost += 1;
+                        continue;
+                    }
+                };
+                if loud {
+                    tracing::warn!("{id}: restored from the queue journal: the queue database had lost it");
+                }
+                self.records.insert(idb, record_value(*state, &bytes))?;
+                self.index.insert(index_key(*state, id), Vec::<u8>::new())?;
+                report.restored += 1;
+                match journal_body {
+                    Some(b) => {
+                        let slot = Slot { body: b, rec: Some(*rec), seq: *seq };
+                        self.blobrefs.insert(idb, slot.encode())?;
+                    }
+                    None => self.no_journal_body(id, body, slot_now, &mut report)?,
+                }
+                continue;
+            };
+            let (sled_state, sled_rec) = split(v);
+            let sled_seq = slot_now.map_or(0, |s| s.seq);
+            if sled_seq > *seq || !*rec_ok {
+                // sled's copy is newer (the journal lost later entries) or the only readable
+                // one: it stands, and goes into the journal again.
+                if sled_seq > *seq {
+                    tracing::warn!("{id}: the queue journal lost its latest change; the queue database's copy is journalled again");
+                } else {
+                    tracing::warn!("{id}: queue journal: its latest record is corrupt; the queue database's copy is journalled again");
+                }
+                let readable = slot_now.filter(|s| self.journal.verify(&s.body)).map(|s| s.body);
+                match journal_body.or(readable) {
+                    Some(b) => {
+                        let (loc, seq) = self.journal.write_state(id, sled_state, sled_rec)?;
+                        let slot = Slot { body: b, rec: Some(loc), seq };
+                        self.blobrefs.insert(idb, slot.encode())?;
+                        report.restored += 1;
+                    }
+                    None => self.no_journal_body(id, body, slot_now, &mut report)?,
+                }
+                continue;
+            }
+            let agrees = sled_seq == *seq
+                && (sled_state == *state || (sled_state == ACTIVE && *state != CORRUPT))
+                && crc32fast::hash(sled_rec) == rec.crc;
+            if !agrees {
+                let bytes = match self.journal.read_record(rec) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("{id}: queue journal: {e}; the queue database's copy is kept");
+                        continue;
+                    }
+                };
+                if loud {
+                    tracing::warn!("{id}: restored from the queue journal: the queue database held an older or damaged copy");
+                }
+                self.index.remove(index_key(sled_state, id))?;
+                self.records.insert(idb, record_value(*state, &bytes))?;
+                self.index.insert(index_key(*state, id), Vec::<u8>::new())?;
+                report.restored += 1;
+            }
+            match journal_body {
+                Some(b) => {
+                    let slot = Slot { body: b, rec: Some(*rec), seq: *seq };
+                    if slot_now != Some(slot) {
+                        self.blobrefs.insert(idb, slot.encode())?;
+                    }
+                }
+                None => self.no_journal_body(id, body, slot_now, &mut report)?,
+            }
+        }
+        // Records the journal knows nothing of: from before the journal, or whose entries
+        // were in damaged bytes.
+        for kv in self.records.iter() {
+            let (idb, _) = kv?;
+            let id = String::from_utf8_lossy(&idb).into_owned();
+            if seen.contains_key(&id) {
+                continue;
+            }
+            let slot = self.blobref(&id)?;
+            match self.legacy_body(&id, slot)? {
+                Some(content) => {
+                    if slot.is_some_and(|s| s.rec.is_some()) {
+                        tracing::warn!("{id}: its queue journal entries are lost; its record and body were read from their copies and journalled again");
+                    }
+                    self.migrate(&id, &content, &mut report)?;
+                }
+                None => {
+                    self.to_corrupt(&id, "its body is missing or corrupt", &mut report)?;
+                }
+            }
+        }
+        drop(seen);
+        // Sled entries without a record: leftovers.
+        for tree in [&self.blobrefs, &self.content] {
+            for kv in tree.iter() {
+                let (idb, _) = kv?;
+                if !self.records.contains_key(&idb)? {
+                    tree.remove(&idb)?;
+                }
+            }
+        }
+        self.journal.sync()?;
+        Ok(report)
+    }
+
+    /// A message whose body the journal does not have intact: one from before the journal
+    /// (sled, or an old-format segment), else the corrupt queue.
+    fn no_journal_body(
+        &self,
+        id: &str,
+        body: &Option<BlobRef>,
+        slot: Option<Slot>,
+        report: &mut Report,
+    ) -> Result<(), SpoolError> {
+        match self.legacy_body(id, slot)? {
+            Some(content) => self.migrate(id, &content, report),
+            None => {
+                let why = match body {
+                    Some(b) => format!(
+                        "its body is corrupt (queue journal segment {:08x} at {})",
+                        b.seg, b.off
+                    ),
+                    None => "its body is missing from the queue journal".to_string(),
+                };
+                self.to_corrupt(id, &why, report)
+            }
+        }
+    }
+
+    /// A body readable outside the journal's entries for `id`: in sled (small bodies written
+    /// before the journal), or where its slot points (an entry whose header was damaged, or
+    /// an old-format body).
+    fn legacy_body(&self, id: &str, slot: Option<Slot>) -> Result<Option<Vec<u8>>, SpoolError> {
+        if let Some(v) = self.content.get(id.as_bytes())? {
+            return Ok(Some(v.to_vec()));
+        }
+        Ok(slot.and_then(|s| self.journal.read(&s.body).ok()))
+    }
+
+    /// Writes `id` (its record as sled has it, and `content`) into the journal.
+    fn migrate(&self, id: &str, content: &[u8], report: &mut Report) -> Result<(), SpoolError> {
+        let Some(v) = self.records.get(id.as_bytes())? else {
+            return Ok(());
+        };
+        let (state, rec) = split(&v);
+        let slot = self.journal.write_message(id, state, rec, content)?;
+        self.blobrefs.insert(id.as_bytes(), slot.encode())?;
+        self.content.remove(id.as_bytes())?;
+        report.migrated += 1;
+        Ok(())
+    }
+
+    /// Moves `id` to the corrupt queue, journalled, with Postfix's kind of warning.
+    fn to_corrupt(&self, id: &str, why: &str, report: &mut Report) -> Result<(), SpoolError> {
+        let Some(v) = self.records.get(id.as_bytes())? else {
+            return Ok(());
+        };
+        let (state, rec) = split(&v);
+        if state == CORRUPT {
+            return Ok(());
+        }
+        tracing::warn!("{id}: corrupt queue file: {why}: moved to the corrupt queue");
+        let (loc, seq) = self.journal.write_state(id, CORRUPT, rec)?;
+        // The record is journalled; its body, if any, stays where the slot says.
+        if let Some(mut slot) = self.blobref(id)? {
+            slot.rec = Some(loc);
+            slot.seq = seq;
+            self.blobrefs.insert(id.as_bytes(), slot.encode())?;
+        }
+        self.index.remove(index_key(state, id))?;
+        self.records.insert(id.as_bytes(), record_value(CORRUPT, rec))?;
+        self.index.insert(index_key(CORRUPT, id), Vec::<u8>::new())?;
+        report.corrupted += 1;
+        Ok(())
+    }
+
+    /// Index entries that disagree with their record go, missing ones are added. Returns how
+    /// many changed.
+    fn repair_index(&self) -> Result<usize, SpoolError> {
+        let mut fixed = 0;
         for kv in self.index.iter() {
             let (k, _) = kv?;
             let Some((&state, id)) = k.split_first() else {
@@ -409,7 +744,7 @@ impl SledSpool {
             let agrees = self.records.get(id)?.is_some_and(|v| split(&v).0 == state);
             if !agrees {
                 self.index.remove(&k)?;
-                changed = true;
+                fixed += 1;
             }
         }
         for kv in self.records.iter() {
@@ -417,38 +752,99 @@ impl SledSpool {
             let key = index_key(split(&v).0, &String::from_utf8_lossy(&id));
             if !self.index.contains_key(&key)? {
                 self.index.insert(key, Vec::<u8>::new())?;
-                changed = true;
+                fixed += 1;
             }
         }
-        if bodies {
-            for kv in self.content.iter() {
-                let (id, _) = kv?;
-                if !self.records.contains_key(&id)? {
-                    self.content.remove(&id)?;
-                    changed = true;
-                }
-            }
-            for kv in self.blobrefs.iter() {
-                let (id, v) = kv?;
-                let Some(record) = self.records.get(&id)? else {
-                    self.blobrefs.remove(&id)?;
-                    changed = true;
-                    continue;
-                };
-                // sled persisted the record before the body's segment was synced, then the
-                // process died: the flush that would have covered both never returned, so
-                // the message was never acknowledged and can go.
-                if !BlobRef::decode(&v).is_some_and(|r| self.blobs.verify(&r)) {
-                    let name = String::from_utf8_lossy(&id).into_owned();
-                    tracing::warn!("{name}: removed: its body was cut short by a crash before the message was acknowledged");
-                    self.records.remove(&id)?;
-                    self.index.remove(index_key(split(&record).0, &name))?;
-                    self.blobrefs.remove(&id)?;
-                    changed = true;
-                }
+        Ok(fixed)
+    }
+
+    /// `postsuper -s` with the daemon running: checks every message's body against its
+    /// checksum and its index entry; the unreadable go to the corrupt queue.
+    pub fn check(&self) -> Result<Report, SpoolError> {
+        let mut report = Report::default();
+        for kv in self.records.iter() {
+            let (idb, _) = kv?;
+            let id = String::from_utf8_lossy(&idb).into_owned();
+            let _g = self.lock(&id)?;
+            let ok = match self.blobref(&id)? {
+                Some(slot) => self.journal.verify(&slot.body),
+                None => self.content.contains_key(&idb)?,
+            };
+            if !ok {
+                self.to_corrupt(&id, "its body is missing or corrupt", &mut report)?;
             }
         }
-        Ok(changed)
+        report.index_fixed = self.repair_index()?;
+        if report.corrupted > 0 {
+            self.flush()?;
+        }
+        Ok(report)
+    }
+
+    /// Copies the live messages of the journal's oldest segment forward when that lets
+    /// files go ([`Journal::compaction_target`]); the old segment is unlinked by the flush
+    /// that follows, once the copies are durable.
+    pub fn compact_blobs(&self) -> Result<usize, SpoolError> {
+        let Some(target) = self.journal.compaction_target() else {
+            return Ok(0);
+        };
+        let mut ids = Vec::new();
+        for kv in self.blobrefs.iter() {
+            let (id, v) = kv?;
+            if Slot::decode(&v).is_some_and(|s| {
+                s.body.seg == target || s.rec.is_some_and(|r| r.seg == target)
+            }) {
+                ids.push(String::from_utf8_lossy(&id).into_owned());
+            }
+        }
+        let mut moved = 0;
+        for id in ids {
+            let _g = self.lock(&id)?;
+            let (Some(old), Some(v)) = (self.blobref(&id)?, self.records.get(id.as_bytes())?)
+            else {
+                continue;
+            };
+            if old.body.seg != target && old.rec.is_none_or(|r| r.seg != target) {
+                continue;
+            }
+            // An unreadable body stays where it is; its message goes to corrupt when read.
+            let Ok(body) = self.journal.read(&old.body) else {
+                continue;
+            };
+            let (state, rec) = split(&v);
+            let new = self.journal.write_message(&id, state, rec, &body)?;
+            self.journal.retain(&new);
+            self.blobrefs.insert(id.as_bytes(), new.encode())?;
+            self.journal.release(&old);
+            moved += 1;
+        }
+        self.flush()?;
+        Ok(moved)
+    }
+
+    /// Journal segment files present.
+    pub fn blob_segments(&self) -> usize {
+        self.journal.segments()
+    }
+
+    fn blobref(&self, id: &str) -> Result<Option<Slot>, SpoolError> {
+        Ok(self
+            .blobrefs
+            .get(id.as_bytes())?
+            .and_then(|v| Slot::decode(&v)))
+    }
+
+    /// Removes `id`'s body and slot from sled, wherever they are.
+    fn remove_body(&self, id: &str) -> Result<(), SpoolError> {
+        self.content.remove(id.as_bytes())?;
+        if let Some(slot) = self
+            .blobrefs
+            .remove(id.as_bytes())?
+            .and_then(|v| Slot::decode(&v))
+        {
+            self.journal.release(&slot);
+        }
+        Ok(())
     }
 
     fn stripe(&self, id: &str) -> usize {
@@ -469,52 +865,13 @@ impl SledSpool {
             .map_err(|_| SpoolError::Other("spool stripe lock poisoned".into()))
     }
 
-    /// Test helper: stores raw record bytes, e.g. to simulate corruption.
+    /// Test helper: stores raw record bytes in sled only (no journal entry, no body), as a
+    /// damaged or foreign database would hold them.
     pub fn put_raw(&self, id: &str, state: u8, record: &[u8]) -> Result<(), SpoolError> {
         let mut v = vec![state];
         v.extend_from_slice(record);
         self.records.insert(id.as_bytes(), v)?;
         self.index.insert(index_key(state, id), Vec::<u8>::new())?;
-        Ok(())
-    }
-
-    /// Test helper: writes only the first `steps` writes of a reinjection of `old` as
-    /// `new`, as a crash would leave them.
-    pub fn rename_interrupted(&self, old: &str, new: &str, steps: usize) -> Result<(), SpoolError> {
-        self.broken
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let v = self
-            .records
-            .get(old.as_bytes())?
-            .ok_or_else(|| SpoolError::Other(format!("{old}: no such record")))?;
-        let body = self.content.get(old.as_bytes())?;
-        let blob = self.blobrefs.get(old.as_bytes())?;
-        let state = split(&v).0;
-        let writes: [&dyn Fn() -> Result<(), sled::Error>; 4] = [
-            &|| {
-                self.renames
-                    .insert(new.as_bytes(), old.as_bytes())
-                    .map(drop)
-            },
-            &|| {
-                if let Some(b) = &body {
-                    self.content.insert(new.as_bytes(), b.clone())?;
-                }
-                if let Some(b) = &blob {
-                    self.blobrefs.insert(new.as_bytes(), b.clone())?;
-                }
-                Ok(())
-            },
-            &|| {
-                self.index
-                    .insert(index_key(state, new), Vec::<u8>::new())
-                    .map(drop)
-            },
-            &|| self.records.insert(new.as_bytes(), v.clone()).map(drop),
-        ];
-        for w in writes.iter().take(steps) {
-            w()?;
-        }
         Ok(())
     }
 }
@@ -538,20 +895,24 @@ impl Spool for SledSpool {
         if self.records.contains_key(id.as_bytes())? {
             return Ok(false);
         }
-        // Body and index first: the record, written last, is the commit point.
+        // The journal first: it is what the commit's sync makes durable.
+        let slot = self.journal.write_message(id, state, record, content)?;
+        self.journal.retain(&slot);
         let unfinished = Unfinished(&self.broken);
-        if content.len() >= BLOB_MIN {
-            let r = self.blobs.write(id, content)?;
-            if let Err(e) = self.blobrefs.insert(id.as_bytes(), &r.encode()) {
-                self.blobs.release(&r);
-                return Err(e.into());
-            }
-        } else {
-            self.content.insert(id.as_bytes(), content)?;
+        let res = (|| -> Result<(), sled::Error> {
+            self.blobrefs.insert(id.as_bytes(), slot.encode())?;
+            self.index.insert(index_key(state, id), Vec::<u8>::new())?;
+            self.records
+                .insert(id.as_bytes(), record_value(state, record))?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            // The message will be refused: take it back from the journal too, or the next
+            // open would bring back a message the client was told failed.
+            let _ = self.journal.write_removal(id);
+            self.journal.release(&slot);
+            return Err(e.into());
         }
-        self.index.insert(index_key(state, id), Vec::<u8>::new())?;
-        self.records
-            .insert(id.as_bytes(), record_value(state, record))?;
         std::mem::forget(unfinished);
         Ok(true)
     }
@@ -562,8 +923,8 @@ impl Spool for SledSpool {
         }))
     }
     fn content(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
-        if let Some(r) = self.blobref(id)? {
-            return Ok(Some(self.blobs.read(&r)?));
+        if let Some(slot) = self.blobref(id)? {
+            return Ok(Some(self.journal.read(&slot.body)?));
         }
         Ok(self.content.get(id.as_bytes())?.map(|v| v.to_vec()))
     }
@@ -594,26 +955,43 @@ impl Spool for SledSpool {
         };
         let (state, rec) = split(&old);
         let change = f(state, rec);
-        let unfinished = Unfinished(&self.broken);
         match &change {
             Change::Keep => {}
             Change::Put(s, new) => {
+                // A move into active with the record unchanged is not journalled: recovery
+                // puts active messages back into incoming anyway.
+                let journalled = if *s == ACTIVE && new.as_slice() == rec {
+                    None
+                } else {
+                    Some(self.journal.write_state(id, *s, new)?)
+                };
+                let unfinished = Unfinished(&self.broken);
+                if let (Some((loc, seq)), Some(mut slot)) = (journalled, self.blobref(id)?) {
+                    let old_slot = slot;
+                    slot.rec = Some(loc);
+                    slot.seq = seq;
+                    self.journal.retain(&slot);
+                    self.blobrefs.insert(id.as_bytes(), slot.encode())?;
+                    self.journal.release(&old_slot);
+                }
                 if *s != state {
                     self.index.insert(index_key(*s, id), Vec::<u8>::new())?;
                 }
-                // The commit point.
                 self.records.insert(id.as_bytes(), record_value(*s, new))?;
                 if *s != state {
                     self.index.remove(index_key(state, id))?;
                 }
+                std::mem::forget(unfinished);
             }
             Change::Remove => {
+                self.journal.write_removal(id)?;
+                let unfinished = Unfinished(&self.broken);
                 self.records.remove(id.as_bytes())?;
                 self.remove_body(id)?;
                 self.index.remove(index_key(state, id))?;
+                std::mem::forget(unfinished);
             }
         }
-        std::mem::forget(unfinished);
         Ok(Some(change))
     }
     fn rename(
@@ -640,42 +1018,46 @@ impl Spool for SledSpool {
         let Some((s, newrec)) = f(state, rec) else {
             return Ok(false);
         };
-        let blob = self.blobref(old)?;
-        let body = match blob {
-            Some(_) => None,
-            None => Some(self.content.get(old.as_bytes())?.unwrap_or_default()),
+        let body = match self.blobref(old)? {
+            Some(slot) => slot.body,
+            None => {
+                // A body from before the journal: into the journal first, under the old ID.
+                let content = self.content.get(old.as_bytes())?.unwrap_or_default();
+                let slot = self.journal.write_message(old, state, rec, &content)?;
+                self.journal.retain(&slot);
+                self.blobrefs.insert(old.as_bytes(), slot.encode())?;
+                self.content.remove(old.as_bytes())?;
+                slot.body
+            }
+        };
+        // One entry: the next open sees the old ID gone and the new one there, or neither.
+        let (loc, seq) = self.journal.write_rename(new, old, s, &newrec, &body)?;
+        let slot = Slot {
+            body,
+            rec: Some(loc),
+            seq,
         };
         let unfinished = Unfinished(&self.broken);
-        // Journal first: repair completes the rename if the new record made it, and
-        // undoes it otherwise, so the message is never lost nor left twice.
-        self.renames.insert(new.as_bytes(), old.as_bytes())?;
-        if let Some(r) = &blob {
-            // Both IDs point at the one body until the old record goes.
-            self.blobs.retain(r);
-            self.blobrefs.insert(new.as_bytes(), &r.encode())?;
-        }
-        if let Some(body) = body {
-            self.content.insert(new.as_bytes(), body)?;
-        }
+        self.journal.retain(&slot);
+        self.blobrefs.insert(new.as_bytes(), slot.encode())?;
         self.index.insert(index_key(s, new), Vec::<u8>::new())?;
         self.records
             .insert(new.as_bytes(), record_value(s, &newrec))?;
         self.records.remove(old.as_bytes())?;
         self.index.remove(index_key(state, old))?;
         self.remove_body(old)?;
-        self.renames.remove(new.as_bytes())?;
         std::mem::forget(unfinished);
         Ok(true)
     }
     fn flush(&self) -> Result<(), SpoolError> {
-        // Bodies first: a record sled makes durable must find its body on disk.
-        self.blobs.sync()?;
-        let doomed = self.blobs.doomed();
-        self.db.flush()?;
-        // Their references' removal is on disk now. A file that cannot go is only wasted
-        // space (open prunes it): the flush succeeded, and its callers must hear so.
-        if let Err(e) = self.blobs.unlink_doomed(doomed) {
-            tracing::warn!("cannot remove a body segment: {e}");
+        // Segments unused now are unused because of entries written before this point: the
+        // sync below makes those durable, and only then may the files go.
+        let dead = self.journal.dead_prefix();
+        self.journal.sync()?;
+        // A file that cannot go is only wasted space (open prunes it): the flush succeeded,
+        // and its callers must hear so.
+        if let Err(e) = self.journal.unlink_prefix(dead) {
+            tracing::warn!("cannot remove a queue journal segment: {e}");
         }
         Ok(())
     }
@@ -693,15 +1075,12 @@ pub fn bodies_dir(path: &std::path::Path) -> std::path::PathBuf {
     p.push(".bodies");
     std::path::PathBuf::from(p)
 }
-/// Bytes per log segment for a new database: 8 MB. sled writes any log item over a quarter
-/// segment (a B-tree leaf of message bodies, up to 16 of them) to a file of its own, fsynced
-/// apart. Measured with 50 KB messages (tools/bench/deliver, 50 sessions): 8 MB delivered
-/// 470–630 msg/s at 1.2–1.7 ms CPU each, 1 MB 450–530 at 1.9–2.6 ms, the 512 KB default
-/// about 570; the price is resident memory and disk writes (1.8 MB written per 50 KB message
-/// against 0.6 MB: sled rewrites whole leaves when it cleans segments). sled refuses to open
-/// a database with another segment size than the one it was created with, so an existing
-/// database keeps its own (read from the `conf` file sled writes next to its log).
-pub const SEGMENT_SIZE: usize = 8 << 20;
+/// Bytes per log segment for a new database: 1 MB. sled holds records and references only
+/// (bodies are in the journal), so the 8 MB that large bodies once needed would only cost
+/// memory and the free space sled needs to start. sled refuses to open a database with
+/// another segment size than the one it was created with, so an existing database keeps its
+/// own (read from the `conf` file sled writes next to its log).
+pub const SEGMENT_SIZE: usize = 1 << 20;
 
 fn segment_size(path: &std::path::Path) -> usize {
     // Text lines followed by a 4-byte checksum.
@@ -727,11 +1106,15 @@ fn split(v: &[u8]) -> (u8, &[u8]) {
 
 impl Drop for SledSpool {
     fn drop(&mut self) {
-        // Every change finished: the next open need not look for orphaned bodies, nor check
-        // the bodies' checksums — so the bodies must be on disk before the mark is.
+        // Every change finished and sled holds them all: the next open can take any
+        // difference between sled and the journal for damage.
         if !self.broken.load(std::sync::atomic::Ordering::Relaxed)
-            && self.blobs.sync().is_ok()
-            && self.db.insert(CLOSED_CLEANLY, &[]).is_ok()
+            && self.journal.sync().is_ok()
+            && self.db.flush().is_ok()
+            && self
+                .db
+                .insert(CLOSED_CLEANLY, &self.journal.last_seq().to_be_bytes())
+                .is_ok()
         {
             let _ = self.db.flush();
         }
