@@ -75,13 +75,16 @@ impl QueueName {
         QueueName::Corrupt,
     ];
 
-    /// The order in which Postfix's showq lists the queues.
-    pub const SHOWQ_ORDER: [QueueName; 5] = [
+    /// The order in which Postfix's showq lists the queues, then corrupt: Postfix's showq
+    /// does not read its corrupt directory, but an operator must see what the queue could
+    /// not read (marked `?`).
+    pub const SHOWQ_ORDER: [QueueName; 6] = [
         QueueName::Maildrop,
         QueueName::Incoming,
         QueueName::Active,
         QueueName::Deferred,
         QueueName::Hold,
+        QueueName::Corrupt,
     ];
 
     pub fn as_str(self) -> &'static str {

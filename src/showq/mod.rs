@@ -50,12 +50,14 @@ fn arrival(t: i64) -> String {
     }
 }
 
-/// The ID decorated as Postfix does: `*` active, `!` hold, then `#` when force-expired.
+/// The ID decorated as Postfix does: `*` active, `!` hold, then `#` when force-expired; and
+/// `?` for the corrupt queue, which Postfix's showq does not list.
 fn decorated_id(e: &Entry) -> String {
     let mut id = e.queue_id.clone();
     match e.queue_name {
         QueueName::Active => id.push('*'),
         QueueName::Hold => id.push('!'),
+        QueueName::Corrupt => id.push('?'),
         _ => {}
     }
     if e.forced_expire {
