@@ -113,7 +113,7 @@ pub static PARAMS: &[Param] = &[
     p!("process_id", "", Str, "the process ID of the running daemon (read-only)", Yes),
     p!("process_name", "", Str, "the name of the running daemon (read-only)", Yes),
     p!("queue_directory", "/var/spool/postfix", Str, "where the queue (the sled database and control socket) lives", Yes),
-    p!("relais_body_segment_size", "33554432", Size, 65536, 2147483647, "relais-specific: bytes after which a file of message bodies ($queue_directory/db.bodies, bodies of 8 KB or more) takes no more; mostly-dead files are compacted at each queue run", Yes),
+    p!("relais_body_segment_size", "33554432", Size, 65536, 2147483647, "relais-specific: bytes after which a queue journal segment ($queue_directory/db.bodies: every message and change, checksummed) takes no more; the oldest segment is compacted at a queue run when that lets files go", Yes),
     p!("fast_flush_domains", "$relay_domains", List, "destinations whose deferred mail postqueue -s and ETRN may flush at once", Yes),
     p!("recipient_delimiter", "", Str, "characters that separate a user name from an address extension", Yes),
     p!("relay_domains", "${{$compatibility_level} <level {2} ? {$mydestination} : {}}", List, "domains relais relays mail to from anyone", Yes),

@@ -8,22 +8,21 @@
 //!   incoming under a new ID, atomically).
 //!
 //! DESCRIPTION
-//!   Every message is one record (envelope, origin, metadata; bincode 2) plus its content,
-//!   stored apart so that status updates never rewrite the body: in a separate tree when
-//!   small, in append-only segment files beside the database from 8 KB up (see [`blob`];
-//!   [`Queue::compact`] reclaims their space). The record's
-//!   queue (state) is one of Postfix's queue names. Every state change goes through
-//!   [`Queue::transition`], each atomic: one commit point, the write of the record
-//!   (see [`spool::SledSpool`] for why not sled transactions).
+//!   Every message is one record (envelope, origin, metadata; bincode 2) plus its content.
+//!   Every change is appended to the queue journal ([`journal`]: checksummed segment files
+//!   beside the database) and then applied to sled, which serves reads and listings; the
+//!   record's queue (state) is one of Postfix's queue names. Every state change goes through
+//!   [`Queue::transition`], each one journal entry (see [`spool::SledSpool`]).
 //!
-//!   Durability: `commit` returns only after a flush that started after the write completed;
-//!   `transition` and `delete` likewise flush a change before returning it.
-//!   Concurrent committers share flushes (group commit): one of them at a time runs the
-//!   flush on a blocking thread and wakes every waiter whose write preceded that flush.
+//!   Durability: `commit` returns only after the journal's `fdatasync` that started after the
+//!   write completed; `transition` and `delete` likewise. Concurrent committers share syncs
+//!   (group commit): one of them at a time runs the sync on a blocking thread and wakes every
+//!   waiter whose write preceded it.
 //!
-//!   Recovery at open: `active` goes back to `incoming` (the queue manager had it in
-//!   memory only), `maildrop` stays for pickup, and a record that cannot be decoded moves
-//!   to `corrupt` with a warning; nothing is lost and nothing panics.
+//!   Recovery at open: sled is made to agree with the journal (what it lost comes back, what
+//!   cannot be read goes to `corrupt` with a warning); `active` goes back to `incoming` (the
+//!   queue manager had it in memory only), `maildrop` stays for pickup, and a record that
+//!   cannot be decoded moves to `corrupt` with a warning; nothing panics.
 //!
 //! QUEUES
 //!   maildrop (local submissions, and `postsuper -r` as in Postfix), incoming, active,
@@ -34,10 +33,10 @@
 //!   `crate::control`.
 //!
 //! CONFIGURATION PARAMETERS
-//!   queue_directory (/var/spool/postfix): the database is `$queue_directory/db`, large
-//!   bodies are in `$queue_directory/db.bodies/`.
+//!   queue_directory (/var/spool/postfix): the database is `$queue_directory/db`, the
+//!   journal `$queue_directory/db.bodies/`.
 //!   enable_long_queue_ids (no): long, time-ordered queue IDs.
-//!   relais_body_segment_size (33554432): a body segment file takes no more after this.
+//!   relais_body_segment_size (33554432): a journal segment file takes no more after this.
 
 pub mod journal;
 pub mod id;
