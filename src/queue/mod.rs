@@ -230,8 +230,15 @@ struct CommitState {
     flushing: bool,
 }
 
+/// Opens the spool again (the production spool: after sled failed on a full disk).
+type Reopen = Box<dyn Fn() -> Result<Arc<dyn Spool>, QueueError> + Send + Sync>;
+
 struct Inner {
-    spool: Arc<dyn Spool>,
+    /// Swapped whole by [`Queue::reopen`]; each operation clones the Arc it works on.
+    spool: std::sync::RwLock<Arc<dyn Spool>>,
+    reopen: Option<Reopen>,
+    /// A reopen is scheduled or running.
+    reopening: std::sync::atomic::AtomicBool,
     long_ids: bool,
     commit: Commit,
     events: Mutex<Option<mpsc::Sender<QueueEvent>>>,
@@ -246,10 +253,20 @@ pub struct Queue {
 impl Queue {
     /// Wraps a spool and runs recovery (blocking: call at start-up, or in spawn_blocking).
     pub fn with_spool(spool: Arc<dyn Spool>, long_ids: bool) -> Result<Queue, QueueError> {
+        Self::with_spool_reopen(spool, long_ids, None)
+    }
+
+    fn with_spool_reopen(
+        spool: Arc<dyn Spool>,
+        long_ids: bool,
+        reopen: Option<Reopen>,
+    ) -> Result<Queue, QueueError> {
         let (tx, _) = watch::channel(0);
         let q = Queue {
             inner: Arc::new(Inner {
-                spool,
+                spool: std::sync::RwLock::new(spool),
+                reopen,
+                reopening: std::sync::atomic::AtomicBool::new(false),
                 long_ids,
                 commit: Commit {
                     state: Mutex::new(CommitState::default()),
@@ -283,9 +300,13 @@ impl Queue {
         segment_bytes: u64,
     ) -> Result<Queue, QueueError> {
         let path = queue_directory.join("db");
-        let spool = SledSpool::open_with(&path, segment_bytes)
-            .map_err(|e| QueueError::Open(path.display().to_string(), e.to_string()))?;
-        Self::with_spool(Arc::new(spool), long_ids)
+        let open = move || -> Result<Arc<dyn Spool>, QueueError> {
+            let spool = SledSpool::open_with(&path, segment_bytes)
+                .map_err(|e| QueueError::Open(path.display().to_string(), e.to_string()))?;
+            Ok(Arc::new(spool))
+        };
+        let spool = open()?;
+        Self::with_spool_reopen(spool, long_ids, Some(Box::new(open)))
     }
 
     /// Opens the queue named by a configuration (`queue_directory`, `enable_long_queue_ids`).
@@ -313,16 +334,90 @@ impl Queue {
         }
     }
 
-    pub fn spool(&self) -> &Arc<dyn Spool> {
-        &self.inner.spool
+    pub fn spool(&self) -> Arc<dyn Spool> {
+        self.inner
+            .spool
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// sled keeps failing once one of its writes failed (a full disk): every later operation
+    /// returns that error. The queue then opens its spool again — the journal holds every
+    /// change — once the operations in flight have let go of the old one, retrying each
+    /// second until it opens, so that mail is accepted again as soon as there is space,
+    /// without a restart.
+    fn schedule_reopen(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.reopen.is_none() || self.inner.reopening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.inner.reopening.store(false, Ordering::Release);
+            return;
+        };
+        let q = self.clone();
+        rt.spawn(async move {
+            // Bounded by the process's life: one attempt a second while sled is broken.
+            loop {
+                let q2 = q.clone();
+                let res = tokio::task::spawn_blocking(move || q2.reopen_blocking()).await;
+                match res {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => tracing::warn!("queue: cannot reopen the queue database: {e}"),
+                    Err(e) => tracing::warn!("queue: cannot reopen the queue database: {e}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            q.inner.reopening.store(false, Ordering::Release);
+        });
+    }
+
+    fn reopen_blocking(&self) -> Result<(), QueueError> {
+        let Some(open) = &self.inner.reopen else {
+            return Ok(());
+        };
+        let mut slot = self.inner.spool.write().unwrap_or_else(|p| p.into_inner());
+        // Wait (bounded) for the operations in flight to drop their clones: sled's file lock
+        // goes only with the last one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&slot) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let old = std::mem::replace(&mut *slot, Arc::new(MemSpool::failed()));
+        drop(old);
+        // sled's threads release its lock a moment after the last handle goes.
+        let mut last = None;
+        for _ in 0..50 {
+            match open() {
+                Ok(s) => {
+                    *slot = s;
+                    drop(slot);
+                    tracing::info!("queue: the queue database was reopened");
+                    self.recover()?;
+                    self.notify(QueueEvent::Requeued);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let locked = e.to_string().contains("lock");
+                    last = Some(e);
+                    if !locked {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| QueueError::Join("reopen".into())))
     }
 
     /// Recovery at open: active → incoming, undecodable → corrupt (with a warning).
     fn recover(&self) -> Result<(), QueueError> {
         let mut changed = false;
-        for (id, state) in self.inner.spool.all()? {
+        let spool = self.spool();
+        for (id, state) in spool.all()? {
             let mut moved = None;
-            self.inner.spool.update(&id, &mut |s: u8, bytes: &[u8]| {
+            spool.update(&id, &mut |s: u8, bytes: &[u8]| {
                 let q = QueueName::from_byte(s);
                 match (q, decode(&id, bytes)) {
                     (Some(QueueName::Corrupt), _) => Change::Keep,
@@ -346,7 +441,7 @@ impl Queue {
             }
         }
         if changed {
-            self.inner.spool.flush()?;
+            spool.flush()?;
         }
         Ok(())
     }
@@ -355,10 +450,14 @@ impl Queue {
         &self,
         f: impl FnOnce(&dyn Spool) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
-        let spool = self.inner.spool.clone();
-        tokio::task::spawn_blocking(move || f(spool.as_ref()))
+        let spool = self.spool();
+        let res = tokio::task::spawn_blocking(move || f(spool.as_ref()))
             .await
-            .map_err(|e| QueueError::Join(e.to_string()))?
+            .map_err(|e| QueueError::Join(e.to_string()))?;
+        if let Err(QueueError::Spool(SpoolError::Sled(sled::Error::Io(_)))) = &res {
+            self.schedule_reopen();
+        }
+        res
     }
 
     /// A fresh queue ID without leaving the caller's thread: sled's ID generator is an
@@ -366,7 +465,7 @@ impl Queue {
     /// enough for smtpd's first RCPT.
     pub fn new_id_now(&self) -> Result<String, QueueError> {
         Ok(id::make(
-            self.inner.spool.generate_id()?,
+            self.spool().generate_id()?,
             self.inner.long_ids,
         ))
     }
@@ -415,7 +514,11 @@ impl Queue {
             record.meta.arrival_usec = us;
         }
         let bytes = encode(&record)?;
-        if !self.inner.spool.insert(id, queue.byte(), &bytes, content)? {
+        let res = self.spool().insert(id, queue.byte(), &bytes, content);
+        if let Err(SpoolError::Sled(sled::Error::Io(_))) = &res {
+            self.schedule_reopen();
+        }
+        if !res? {
             return Err(QueueError::Exists(id.into()));
         }
         Ok(())

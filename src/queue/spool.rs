@@ -91,6 +91,8 @@ fn index_key(state: u8, id: &str) -> Vec<u8> {
 #[derive(Default)]
 pub struct MemSpool {
     inner: Mutex<MemInner>,
+    /// Every operation fails: the place-holder while the queue reopens its spool.
+    failed: bool,
 }
 
 #[derive(Default)]
@@ -105,7 +107,18 @@ impl MemSpool {
         Self::default()
     }
 
+    /// A spool that refuses every operation (see `failed`).
+    pub fn failed() -> Self {
+        MemSpool {
+            failed: true,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemInner>, SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Other("the queue database is being reopened".into()));
+        }
         self.inner
             .lock()
             .map_err(|_| SpoolError::Other("memory spool lock poisoned".into()))
@@ -204,7 +217,7 @@ impl Spool for MemSpool {
         Ok(true)
     }
     fn flush(&self) -> Result<(), SpoolError> {
-        Ok(())
+        self.lock().map(drop)
     }
     fn generate_id(&self) -> Result<u64, SpoolError> {
         let mut g = self.lock()?;
