@@ -469,6 +469,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                 let sh2 = sh.clone();
                 let backend = Arc::new(crate::smtpd::backend::QueueBackend {
                     queue: sh.queue.clone(),
+                    queue_directory: super::queue_dir(&cfg),
                     policy: RwLock::new(Arc::new(policy)),
                     cleanup: Arc::new(move || {
                         sh2.registry.cleanup.read().ok().and_then(|g| g.clone())
