@@ -38,13 +38,17 @@ pub fn strerror(e: &std::io::Error) -> String {
 }
 
 /// `%m` for an error that arrives as text only (sled's errors and the queue's keep no source
-/// chain): the OS error named in it (`sled: IO error: No space left on device (os error
-/// 28)` gives `No space left on device`), else the whole text.
+/// chain): the OS error named in it, as std::io::Error's Display (`… (os error 28)`) or, as
+/// sled writes it, its Debug (`sled: IO error: Os { code: 28, kind: StorageFull, … }`), gives
+/// `No space left on device`; else the whole text.
 pub fn os_reason(text: &str) -> String {
-    const MARK: &str = "(os error ";
-    text.rfind(MARK)
-        .and_then(|i| text[i + MARK.len()..].split(')').next())
-        .and_then(|n| n.parse::<i32>().ok())
+    let code = |mark: &str, end: char| {
+        text.rfind(mark)
+            .and_then(|i| text[i + mark.len()..].split(end).next())
+            .and_then(|n| n.trim().parse::<i32>().ok())
+    };
+    code("(os error ", ')')
+        .or_else(|| code("Os { code: ", ','))
         .map(|n| strerror(&std::io::Error::from_raw_os_error(n)))
         .unwrap_or_else(|| text.to_string())
 }
@@ -284,6 +288,12 @@ mod tests {
         assert_eq!(strerror(&e), "No space left on device");
         assert_eq!(
             os_reason("sled: IO error: No space left on device (os error 28)"),
+            "No space left on device"
+        );
+        assert_eq!(
+            os_reason(
+                "sled: IO error: Os { code: 28, kind: StorageFull, message: \"No space left on device\" }"
+            ),
             "No space left on device"
         );
         assert_eq!(
