@@ -1,8 +1,15 @@
 //! `relais`: start, stop, reload, check and inspect the mail system, as `postfix(1)` does.
+//!
+//! What it says goes to standard error and, as Postfix's postfix-script logs through
+//! postlog(1), to the maillog as `postfix/postfix-script[pid]: …`. `stop` returns when the
+//! daemon has gone (lock released, process exited), at most a minute later; `start` (and
+//! `start-fg`) wait as long for a daemon that is still stopping, then say
+//! `the relais mail system is still stopping`.
 
 use relais::cli::exit;
 use relais::config::{self, Config};
 use relais::master::{self, lock};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,20 +56,30 @@ fn main() {
         Err(e) => fatal(exit::FAIL, e),
     };
     let queue = master::queue_dir(&cfg);
+    let script = Script::new(&cfg);
     let code = match command.as_str() {
-        "check" => check(&cfg),
+        "check" => check(&cfg, None),
         "start-fg" => {
-            if check(&cfg) != exit::OK {
-                fatal(exit::FAIL, "configuration errors: not starting");
+            if let Err(code) = wait_for_stopping(&script, &queue) {
+                std::process::exit(code);
+            }
+            if check(&cfg, Some(&script)) != exit::OK {
+                script.fatal("configuration errors: not starting");
+                std::process::exit(exit::FAIL);
             }
             match master::daemon::run(&cfg_dir, verbose, true) {
                 Ok(()) => exit::OK,
                 Err(e) => fatal(exit::FAIL, e),
             }
         }
-        "start" => start(&cfg, &cfg_dir, &queue, verbose),
-        "stop" | "abort" => stop(&queue, command == "abort"),
-        "reload" => signal(&queue, libc::SIGHUP, "refreshing the relais mail system"),
+        "start" => start(&script, &cfg, &cfg_dir, &queue, verbose),
+        "stop" | "abort" => stop(&script, &queue, command == "abort"),
+        "reload" => signal(
+            &script,
+            &queue,
+            libc::SIGHUP,
+            "refreshing the relais mail system",
+        ),
         "status" => match lock::running_pid(&queue) {
             Some(pid) => {
                 eprintln!("{SCRIPT}: the relais mail system is running: PID: {pid}");
@@ -97,19 +114,118 @@ fn fatal(code: i32, e: impl std::fmt::Display) -> ! {
     std::process::exit(code)
 }
 
-/// Prints every problem (`warning:` or `fatal:`) and returns the exit code.
-fn check(cfg: &Config) -> i32 {
+/// Prints every problem (`warning:` or `fatal:`) and returns the exit code. When starting
+/// (`script`), the fatal ones also go to the maillog: they are why the mail system did not
+/// start (the warnings are logged by the daemon itself).
+fn check(cfg: &Config, script: Option<&Script>) -> i32 {
     let problems = master::check(cfg);
     let mut code = exit::OK;
     for p in &problems {
         if p.fatal {
             eprintln!("relais: fatal: {}", p.text);
+            if let Some(s) = script {
+                s.log("fatal: ", &p.text);
+            }
             code = exit::FAIL;
         } else {
             eprintln!("relais: warning: {}", p.text);
         }
     }
     code
+}
+
+/// What `relais start|stop|reload` says, as Postfix's postfix-script says it: on standard
+/// error (`relais/relais-script: …`) and, as postfix-script does through postlog(1), in the
+/// maillog (`postfix/postfix-script[pid]: …`), so that the log alone tells why the mail
+/// system did not start or stop.
+struct Script {
+    maillog: String,
+    host: String,
+    tag: String,
+}
+
+impl Script {
+    fn new(cfg: &Config) -> Script {
+        Script {
+            maillog: cfg.get("maillog_file"),
+            host: cfg.get("myhostname"),
+            tag: relais::log::tag(&cfg.get("syslog_name"), "postfix-script"),
+        }
+    }
+
+    /// Appends one line to maillog_file (opened for each line: the queue directory that
+    /// holds it may be created in between); nothing when the log is standard error, where
+    /// the message is printed anyway.
+    fn log(&self, prefix: &str, text: &str) {
+        if matches!(self.maillog.as_str(), "" | "/dev/stderr") {
+            return;
+        }
+        if let Ok(sink) = relais::log::open_sink(&self.maillog) {
+            let line = relais::log::format_line(&self.host, &self.tag, prefix, text);
+            if let Ok(mut w) = sink.lock() {
+                let _ = w.write_all(line.as_bytes());
+                let _ = w.flush();
+            }
+        }
+    }
+
+    fn info(&self, text: &str) {
+        eprintln!("{SCRIPT}: {text}");
+        self.log("", text);
+    }
+
+    fn warn(&self, text: &str) {
+        eprintln!("{SCRIPT}: warning: {text}");
+        self.log("warning: ", text);
+    }
+
+    fn fatal(&self, text: &str) {
+        eprintln!("{SCRIPT}: fatal: {text}");
+        self.log("fatal: ", text);
+    }
+}
+
+/// How long `relais stop` waits for the daemon to be gone, and `relais start` for one that
+/// is stopping: the daemon flushes the queue (bounded by its own grace time) and closes it.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// True once `pid` no longer holds the queue's lock and has exited (so that everything it
+/// held, sled's lock on the database included, is released).
+fn gone(queue: &std::path::Path, pid: u32) -> bool {
+    lock::running_pid(queue) != Some(pid) && !lock::process_alive(pid)
+}
+
+/// Waits (at most STOP_WAIT) for `pid` to be gone, saying once that it waits, as
+/// postfix-script does. False if it is still there.
+fn wait_gone(script: &Script, queue: &std::path::Path, pid: u32) -> bool {
+    let start = Instant::now();
+    let mut said = false;
+    while start.elapsed() < STOP_WAIT {
+        if gone(queue, pid) {
+            return true;
+        }
+        if !said && start.elapsed() >= Duration::from_secs(1) {
+            script.info("waiting for the relais mail system to terminate");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gone(queue, pid)
+}
+
+/// Before a start: a master that is still shutting down is waited for (bounded) instead of
+/// being reported as running. Err(exit code) when it does not go in time.
+fn wait_for_stopping(script: &Script, queue: &std::path::Path) -> Result<(), i32> {
+    let Some(pid) = master::daemon::stopping(queue) else {
+        return Ok(());
+    };
+    if wait_gone(script, queue, pid) {
+        return Ok(());
+    }
+    script.fatal(&format!(
+        "the relais mail system is still stopping: PID: {pid}"
+    ));
+    Err(exit::EX_TEMPFAIL)
 }
 
 /// A tool installed next to this binary (they are built together).
@@ -121,15 +237,27 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn start(cfg: &Config, cfg_dir: &std::path::Path, queue: &std::path::Path, verbose: bool) -> i32 {
+fn start(
+    script: &Script,
+    cfg: &Config,
+    cfg_dir: &std::path::Path,
+    queue: &std::path::Path,
+    verbose: bool,
+) -> i32 {
+    if let Err(code) = wait_for_stopping(script, queue) {
+        return code;
+    }
     if let Some(pid) = lock::running_pid(queue) {
-        eprintln!("{SCRIPT}: fatal: the relais mail system is already running: PID: {pid}");
+        script.fatal(&format!(
+            "the relais mail system is already running: PID: {pid}"
+        ));
         return exit::FAIL;
     }
-    if check(cfg) != exit::OK {
+    if check(cfg, Some(script)) != exit::OK {
+        script.fatal("configuration errors: not starting");
         return exit::FAIL;
     }
-    eprintln!("{SCRIPT}: starting the relais mail system");
+    script.info("starting the relais mail system");
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("relais"));
     let mut cmd = Command::new(exe);
     cmd.arg("-c").arg(cfg_dir);
@@ -160,7 +288,10 @@ fn start(cfg: &Config, cfg_dir: &std::path::Path, queue: &std::path::Path, verbo
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => fatal(exit::EX_OSERR, format!("cannot start the daemon: {e}")),
+        Err(e) => {
+            script.fatal(&format!("cannot start the daemon: {e}"));
+            return exit::EX_OSERR;
+        }
     };
     // Wait until the daemon holds the lock, or died trying; bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -168,10 +299,10 @@ fn start(cfg: &Config, cfg_dir: &std::path::Path, queue: &std::path::Path, verbo
         if let Ok(Some(st)) = child.try_wait() {
             let why = std::fs::read_to_string(&errfile).unwrap_or_default();
             let why: Vec<&str> = why.lines().filter(|l| !l.contains(": warning: ")).collect();
-            eprintln!(
-                "{SCRIPT}: fatal: the daemon exited at start ({st}): {}",
+            script.fatal(&format!(
+                "the daemon exited at start ({st}): {}",
                 why.join("; ")
-            );
+            ));
             return exit::FAIL;
         }
         if lock::running_pid(queue) == Some(child.id()) && master::daemon::ready(queue) {
@@ -179,37 +310,40 @@ fn start(cfg: &Config, cfg_dir: &std::path::Path, queue: &std::path::Path, verbo
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("{SCRIPT}: warning: the daemon did not report ready within 30s");
+    script.warn("the daemon did not report ready within 30s");
     exit::EX_TEMPFAIL
 }
 
-fn signal(queue: &std::path::Path, sig: i32, what: &str) -> i32 {
+fn signal(script: &Script, queue: &std::path::Path, sig: i32, what: &str) -> i32 {
     match lock::running_pid(queue) {
         Some(pid) => {
-            eprintln!("{SCRIPT}: {what}");
+            script.info(what);
             // SAFETY: plain kill(2) on the pid the lock holder wrote.
             if unsafe { libc::kill(pid as i32, sig) } != 0 {
-                eprintln!(
-                    "{SCRIPT}: fatal: cannot signal PID {pid}: {}",
-                    std::io::Error::last_os_error()
-                );
+                script.fatal(&format!(
+                    "cannot signal PID {pid}: {}",
+                    relais::log::strerror(&std::io::Error::last_os_error())
+                ));
                 return exit::FAIL;
             }
             exit::OK
         }
         None => {
-            eprintln!("{SCRIPT}: fatal: the relais mail system is not running");
+            script.fatal("the relais mail system is not running");
             exit::FAIL
         }
     }
 }
 
-fn stop(queue: &std::path::Path, abort: bool) -> i32 {
+/// Returns only when the daemon has gone (its lock released and its process exited), as
+/// `postfix stop` followed by `postfix start` in a script expects; bounded by STOP_WAIT.
+fn stop(script: &Script, queue: &std::path::Path, abort: bool) -> i32 {
     let Some(pid) = lock::running_pid(queue) else {
-        eprintln!("{SCRIPT}: fatal: the relais mail system is not running");
+        script.fatal("the relais mail system is not running");
         return exit::FAIL;
     };
     let code = signal(
+        script,
         queue,
         if abort { libc::SIGKILL } else { libc::SIGTERM },
         if abort {
@@ -221,14 +355,12 @@ fn stop(queue: &std::path::Path, abort: bool) -> i32 {
     if code != exit::OK {
         return code;
     }
-    // Wait for the lock to be released: sessions get smtpd_timeout at most, bounded here.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if lock::running_pid(queue) != Some(pid) {
-            return exit::OK;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_gone(script, queue, pid) {
+        return exit::OK;
     }
-    eprintln!("{SCRIPT}: warning: PID {pid} still running after 120s");
+    script.warn(&format!(
+        "the relais mail system is still stopping: PID: {pid} after {}s",
+        STOP_WAIT.as_secs()
+    ));
     exit::EX_TEMPFAIL
 }

@@ -2,6 +2,7 @@
 //! test backend that accepts and records messages.
 
 use relais::envelope::{Envelope, Origin};
+use relais::smtpd::storage::{FsSpace, StorageError};
 use relais::smtpd::{
     Backend, BareNewline, BoxFuture, Checked, Reply, Session, SessionInfo, Settings,
 };
@@ -19,6 +20,10 @@ type Queued = (String, Envelope, Origin, Vec<u8>);
 struct TestBackend {
     next: AtomicU32,
     queued: Mutex<Vec<Queued>>,
+    /// The queue file system the session measures at MAIL FROM (None: no queue on disk).
+    space: Option<FsSpace>,
+    /// Messages still to refuse as the queue refuses one it cannot write.
+    write_failures: AtomicU32,
 }
 
 impl Backend for TestBackend {
@@ -43,10 +48,21 @@ impl Backend for TestBackend {
         origin: Origin,
         content: Vec<u8>,
     ) -> BoxFuture<'static, Result<(), Reply>> {
+        let fail = self
+            .write_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            // What the real backend answers when cleanup cannot write the queue.
+            return Box::pin(async { Err(Reply::new(451, "4.3.0 Error: queue file write error")) });
+        }
         if let Ok(mut q) = self.queued.lock() {
             q.push((id, env, origin, content));
         }
         Box::pin(async { Ok(()) })
+    }
+    fn queue_space(&self) -> Option<Result<FsSpace, StorageError>> {
+        self.space.map(Ok)
     }
 }
 
@@ -110,7 +126,11 @@ fn settings() -> Settings {
 }
 
 async fn run(s: Settings, steps: Vec<Step>) -> Outcome {
-    let backend = Arc::new(TestBackend::default());
+    run_with(TestBackend::default(), s, steps).await
+}
+
+async fn run_with(backend: TestBackend, s: Settings, steps: Vec<Step>) -> Outcome {
+    let backend = Arc::new(backend);
     let buf = LogBuf::default();
     let sink: relais::log::Sink = Arc::new(Mutex::new(Box::new(buf.clone())));
     let sub = tracing_subscriber::registry().with(relais::log::PostfixLayer::new(
@@ -1003,4 +1023,115 @@ async fn ehlo_follows_settings() {
         .iter()
         .any(|l| l.contains("SMTPUTF8") && l.starts_with("250")));
     assert!(!o.replies.iter().any(|l| l == "250-VRFY"));
+}
+
+/// Postfix's smtpd_check_queue at MAIL FROM: fewer free blocks than 1.5 × message_size_limit
+/// (10240000 bytes: 2500 blocks of 4096, so 3750 free blocks are needed) is `452 4.3.1
+/// Insufficient system storage`, logged as Postfix logs it; the session goes on.
+#[tokio::test]
+async fn too_little_queue_space_refuses_mail_from_as_postfix() {
+    let backend = TestBackend {
+        space: Some(FsSpace {
+            block_size: 4096,
+            block_free: 3750,
+        }),
+        ..Default::default()
+    };
+    let o = run_with(
+        backend,
+        settings(),
+        vec![
+            ehlo(),
+            cmd(
+                "MAIL FROM:<alice@example.com> SIZE=100",
+                "452 4.3.1 Insufficient system storage",
+            ),
+            cmd("RSET", "250 2.0.0 Ok"),
+            cmd("QUIT", "221 2.0.0 Bye"),
+        ],
+    )
+    .await;
+    let lines: Vec<&str> = o.log.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("NOQUEUE: reject: MAIL from "))
+        .unwrap_or_else(|| panic!("{}", o.log));
+    assert!(
+        lines[at].ends_with(
+            "]: NOQUEUE: reject: MAIL from unknown[192.0.2.1]: 452 4.3.1 Insufficient system storage; proto=ESMTP helo=<client.example.com>"
+        ),
+        "{}",
+        lines[at]
+    );
+    assert!(
+        lines[at + 1].ends_with(
+            "]: warning: not enough free space in mail queue: 15360000 bytes < 1.5*message size limit"
+        ),
+        "{}",
+        o.log
+    );
+
+    // One block more is enough.
+    let backend = TestBackend {
+        space: Some(FsSpace {
+            block_size: 4096,
+            block_free: 3751,
+        }),
+        ..Default::default()
+    };
+    let o = run_with(
+        backend,
+        settings(),
+        vec![
+            ehlo(),
+            cmd("MAIL FROM:<alice@example.com> SIZE=100", "250 2.1.0 Ok"),
+            cmd("QUIT", "221 2.0.0 Bye"),
+        ],
+    )
+    .await;
+    assert!(!o.log.contains("Insufficient"), "{}", o.log);
+}
+
+/// A message the queue cannot write gets Postfix's 451 at the end of DATA or of BDAT, and
+/// the session goes on: the next message is accepted.
+#[tokio::test]
+async fn a_queue_write_error_is_451_and_the_session_goes_on() {
+    let backend = TestBackend {
+        write_failures: AtomicU32::new(2),
+        ..Default::default()
+    };
+    let o = run_with(
+        backend,
+        settings(),
+        vec![
+            ehlo(),
+            cmd("MAIL FROM:<alice@example.com>", "250 2.1.0 Ok"),
+            cmd("RCPT TO:<bob@example.net>", "250 2.1.5 Ok"),
+            cmd("DATA", "354 "),
+            raw(
+                b"Subject: one\r\n\r\nbody\r\n.\r\n",
+                &["451 4.3.0 Error: queue file write error"],
+            ),
+            cmd("MAIL FROM:<alice@example.com>", "250 2.1.0 Ok"),
+            cmd("RCPT TO:<bob@example.net>", "250 2.1.5 Ok"),
+            raw(
+                b"BDAT 22 LAST\r\nSubject: two\r\n\r\nbody\r\n",
+                &["451 4.3.0 Error: queue file write error"],
+            ),
+            cmd("RSET", "250 2.0.0 Ok"),
+            cmd("MAIL FROM:<alice@example.com>", "250 2.1.0 Ok"),
+            cmd("RCPT TO:<bob@example.net>", "250 2.1.5 Ok"),
+            cmd("DATA", "354 "),
+            raw(
+                b"Subject: three\r\n\r\nbody\r\n.\r\n",
+                &["250 2.0.0 Ok: queued as "],
+            ),
+            cmd("QUIT", "221 2.0.0 Bye"),
+        ],
+    )
+    .await;
+    assert!(!o.closed || o.replies.iter().any(|r| r.starts_with("221")));
+    let q = o.backend.queued.lock().unwrap();
+    assert_eq!(q.len(), 1, "{:?}", o.replies);
+    assert!(q[0].3.starts_with(b"Subject: three"));
 }

@@ -54,6 +54,18 @@ impl CleanupError {
     }
 }
 
+/// A message the queue could not store or make durable: Postfix's cleanup line
+/// (`warning: ID: write queue file: No space left on device`, cleanup_final.c), with the
+/// whole error text when it names no OS error; smtpd then answers
+/// `451 4.3.0 Error: queue file write error`.
+fn write_failed(id: &str, e: crate::queue::QueueError) -> CleanupError {
+    let text = e.to_string();
+    tracing::warn!("{id}: write queue file: {}", crate::log::os_reason(&text));
+    // Which file and layer failed, for `relais -v`.
+    tracing::debug!("{id}: write queue file: {text}");
+    CleanupError::Queue(text)
+}
+
 pub struct Cleanup {
     queue: Queue,
     settings: Arc<Settings>,
@@ -209,10 +221,7 @@ impl Handler<Enqueue> for Cleanup {
                 // only after `committed` below.
                 queue_w
                     .store_blocking(&id_w, state, record, &cleaned.content)
-                    .map_err(|e| {
-                        tracing::warn!("{id_w}: queue file write error: {e}");
-                        CleanupError::Queue(e.to_string())
-                    })?;
+                    .map_err(|e| write_failed(&id_w, e))?;
                 Ok::<_, CleanupError>((disp, state))
             })
             .await
@@ -223,8 +232,7 @@ impl Handler<Enqueue> for Cleanup {
             }
             queue.committed(&id, state).await.map_err(|e| {
                 let _e = span.enter();
-                tracing::warn!("{id}: queue file write error: {e}");
-                CleanupError::Queue(e.to_string())
+                write_failed(&id, e)
             })?;
             Ok(disp)
         })

@@ -132,6 +132,7 @@ pub static PARAMS: &[Param] = &[
     p!("header_size_limit", "102400", Size, 1, MAXI, "largest message header kept, in bytes", Yes),
     p!("line_length_limit", "2048", Size, 1, MAXI, "longest SMTP line or message line read in one piece", Yes),
     p!("message_size_limit", "10240000", Size, 0, MAXI, "largest message accepted, in bytes (0: no limit)", Yes),
+    p!("queue_minfree", "0", Size, 0, MAXI, "free bytes the queue file system must have for smtpd to accept MAIL FROM (it also needs 1.5 × message_size_limit)", Yes),
     p!("smtpd_banner", "$myhostname ESMTP $mail_name", Str, "text after 220 in the greeting", Yes),
     p!("smtpd_client_auth_rate_limit", "0", Int, 0, MAXI, "AUTH commands one client may send per anvil_rate_time_unit (0: no limit)", Yes),
     p!("smtpd_client_connection_count_limit", "50", Int, 0, MAXI, "simultaneous connections one client may hold (0: no limit)", Yes),

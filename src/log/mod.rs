@@ -6,8 +6,10 @@
 //!
 //! A daemon logs through `tracing` inside a span that carries a `tag` field
 //! (`syslog_name/process`, e.g. `postfix/smtpd` or `postfix/smtps/smtpd`); [`service_span`]
-//! makes one. Warnings and errors get Postfix's `warning: ` / `error: ` prefixes. Lines go to
-//! `maillog_file` (appended, one write per line) or to standard error when it is empty.
+//! makes one. Warnings and errors get Postfix's `warning: ` / `error: ` prefixes, and events
+//! with the target [`FATAL`] its `fatal: ` prefix (the reason a program gives up, which
+//! Postfix's msg_fatal() logs before exiting). Lines go to `maillog_file` (appended, one
+//! write per line) or to standard error when it is empty.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -17,6 +19,54 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
+
+/// The target of an event that says why a program gives up:
+/// `tracing::error!(target: relais::log::FATAL, "…")` is logged as `fatal: …`.
+pub const FATAL: &str = "relais::fatal";
+
+/// Postfix's `%m`: the C library's text for an OS error (`No space left on device`), without
+/// the ` (os error 28)` Rust adds.
+pub fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match e.raw_os_error() {
+        Some(n) => s
+            .strip_suffix(&format!(" (os error {n})"))
+            .map(str::to_string)
+            .unwrap_or(s),
+        None => s,
+    }
+}
+
+/// `%m` for an error that arrives as text only (sled's errors and the queue's keep no source
+/// chain): the OS error named in it, as std::io::Error's Display (`… (os error 28)`) or, as
+/// sled writes it, its Debug (`sled: IO error: Os { code: 28, kind: StorageFull, … }`), gives
+/// `No space left on device`; else the whole text.
+pub fn os_reason(text: &str) -> String {
+    let code = |mark: &str, end: char| {
+        text.rfind(mark)
+            .and_then(|i| text[i + mark.len()..].split(end).next())
+            .and_then(|n| n.trim().parse::<i32>().ok())
+    };
+    code("(os error ", ')')
+        .or_else(|| code("Os { code: ", ','))
+        .map(|n| strerror(&std::io::Error::from_raw_os_error(n)))
+        .unwrap_or_else(|| text.to_string())
+}
+
+/// One log line in Postfix's shape (`Nov 23 08:16:17 mail postfix/master[42]: fatal: …`);
+/// `host` is shortened to its first label as syslog shows it.
+pub fn format_line(host: &str, tag: &str, prefix: &str, text: &str) -> String {
+    let host = host.split('.').next().unwrap_or(host);
+    format!(
+        "{} {} {}[{}]: {}{}\n",
+        chrono::Local::now().format("%b %e %H:%M:%S"),
+        host,
+        tag,
+        std::process::id(),
+        prefix,
+        text
+    )
+}
 
 /// The span every daemon's work runs in; `tag` is what appears before `[pid]`.
 #[macro_export]
@@ -143,19 +193,12 @@ where
         let mut msg = MessageVisitor::default();
         event.record(&mut msg);
         let prefix = match level {
+            _ if target == FATAL => "fatal: ",
             Level::ERROR => "error: ",
             Level::WARN => "warning: ",
             _ => "",
         };
-        let line = format!(
-            "{} {} {}[{}]: {}{}\n",
-            chrono::Local::now().format("%b %e %H:%M:%S"),
-            self.host,
-            tag,
-            std::process::id(),
-            prefix,
-            msg.0
-        );
+        let line = format_line(&self.host, &tag, prefix, &msg.0);
         if let Ok(mut w) = self.sink.lock() {
             let _ = w.write_all(line.as_bytes());
             let _ = w.flush();
@@ -216,6 +259,7 @@ mod tests {
             let _e = span.enter();
             tracing::info!("connect from unknown[127.0.0.1]");
             tracing::warn!("hostname nowhere does not resolve");
+            tracing::error!(target: FATAL, "bind 127.0.0.1 port 25: Address already in use");
         });
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let re = regex::Regex::new(
@@ -230,6 +274,35 @@ mod tests {
                 .unwrap()
                 .contains("]: warning: hostname nowhere"),
             "{out}"
+        );
+        assert!(
+            out.lines().nth(2).unwrap().contains("postfix/smtpd[")
+                && out.contains("]: fatal: bind 127.0.0.1 port 25: Address already in use"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn os_errors_read_as_postfix_prints_them() {
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(strerror(&e), "No space left on device");
+        assert_eq!(
+            os_reason("sled: IO error: No space left on device (os error 28)"),
+            "No space left on device"
+        );
+        assert_eq!(
+            os_reason(
+                "sled: IO error: Os { code: 28, kind: StorageFull, message: \"No space left on device\" }"
+            ),
+            "No space left on device"
+        );
+        assert_eq!(
+            os_reason("body segment 3: Input/output error (os error 5)"),
+            "Input/output error"
+        );
+        assert_eq!(
+            os_reason("sled: Corruption at 12"),
+            "sled: Corruption at 12"
         );
     }
 }

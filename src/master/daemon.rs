@@ -26,23 +26,64 @@ pub fn ready(queue: &Path) -> bool {
     }
 }
 
+/// The file that says the master holding the lock is shutting down: its pid, written when
+/// the stop signal arrives. `relais start` then waits for it to go instead of refusing.
+fn stopping_path(queue: &Path) -> PathBuf {
+    queue.join("pid").join("master.stopping")
+}
+
+/// The pid of the master holding the queue's lock if it is shutting down.
+pub fn stopping(queue: &Path) -> Option<u32> {
+    let pid = super::lock::running_pid(queue)?;
+    let s = std::fs::read_to_string(stopping_path(queue)).ok()?;
+    (s.trim().parse::<u32>().ok() == Some(pid)).then_some(pid)
+}
+
 /// Runs the mail system until SIGTERM/SIGINT. `foreground`: log to standard error when
 /// maillog_file is empty (start-fg); the background start redirects that to a file.
+///
+/// Every reason to give up once the log is open is also logged as Postfix's master logs it
+/// (`postfix/master[pid]: fatal: …`), so that it is in the maillog and not only on the
+/// standard error of whoever started the daemon.
 pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), MasterError> {
     let cfg = Config::load(cfg_dir)?;
     let queue = super::queue_dir(&cfg);
-    std::fs::create_dir_all(&queue)
-        .map_err(|e| MasterError::Setup(format!("{}: {e}", queue.display())))?;
-    let sink = crate::log::open_sink(&cfg.get("maillog_file")).map_err(|e| {
-        MasterError::Setup(format!("maillog_file {}: {e}", cfg.get("maillog_file")))
-    })?;
+    // Before the log: the default maillog_file is in the queue directory.
+    let made = std::fs::create_dir_all(&queue).map_err(|e| {
+        MasterError::Setup(format!(
+            "queue_directory {}: {}",
+            queue.display(),
+            crate::log::strerror(&e)
+        ))
+    });
+    let maillog = cfg.get("maillog_file");
+    let sink = crate::log::open_sink(&maillog)
+        .map_err(|e| MasterError::Setup(format!("maillog_file {maillog}: {e}")))?;
     let master_tag = crate::log::tag(&cfg.get("syslog_name"), "master");
     crate::log::init(&cfg.get("myhostname"), &master_tag, sink, verbose);
-    let lock = PidLock::acquire(&queue)?;
+    let result = made.and_then(|()| serve(&cfg, &queue));
+    // On standard error, main prints it anyway (once is enough there).
+    if let Err(e) = &result {
+        if !matches!(maillog.as_str(), "" | "/dev/stderr") {
+            tracing::error!(target: crate::log::FATAL, "{e}");
+        }
+    }
+    result
+}
+
+/// The daemon's life once its log is open: lock, queue, services, signals, orderly exit.
+fn serve(cfg: &Config, queue: &Path) -> Result<(), MasterError> {
+    let lock = PidLock::acquire(queue)?;
+    // A stale mark of an earlier master with the same pid would read as "stopping".
+    let _ = std::fs::remove_file(stopping_path(queue));
     raise_nofile_limit();
     for p in cfg.check() {
         tracing::warn!("{}", p.text);
     }
+    let specs = services::load_specs(cfg)?;
+    // As Postfix's master, which binds every inet listener itself before it runs anything:
+    // a port that cannot be bound at start is fatal (later, a service's restart retries).
+    services::probe_listeners(cfg, &specs)?;
 
     let sys = System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -52,8 +93,7 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
             .expect("tokio runtime")
     });
     let result: Result<(), MasterError> = sys.block_on(async {
-        let shared = services::Shared::open(&cfg).await?;
-        let specs = services::load_specs(&cfg)?;
+        let shared = services::Shared::open(cfg).await?;
         let sup = Supervisor::new(cfg.clone(), specs, services::starter(shared.clone())).start();
         // The supervisor starts every service (and binds every listener) before it answers
         // its first message: only then is the master ready, or a client that trusts the ready
@@ -67,7 +107,7 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
         // The supervisor starts (and binds) the services in its started(); a message it has
         // answered proves that ran, so `relais start` reports ready only with ports open.
         let _ = sup.send(super::supervisor::Status).await;
-        let _ = std::fs::write(ready_path(&queue), format!("{}\n", std::process::id()));
+        let _ = std::fs::write(ready_path(queue), format!("{}\n", std::process::id()));
 
         let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -88,12 +128,20 @@ pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), Maste
                 _ = int.recv() => break,
             }
         }
+        // Not ready any more, and stopping: a `relais start` now waits for the lock.
+        let _ = std::fs::remove_file(ready_path(queue));
+        let _ = std::fs::write(stopping_path(queue), format!("{}\n", std::process::id()));
         tracing::info!("terminating on signal");
         let _ = sup.send(Shutdown).await;
         shared.shutdown(STOP_GRACE).await;
         Ok(())
     });
-    let _ = std::fs::remove_file(ready_path(&queue));
+    let _ = std::fs::remove_file(ready_path(queue));
+    // The runtime goes first, and with it every actor and the queue (sled's lock on db/db
+    // and its last flush): the lock below tells `relais stop` and `relais start` that the
+    // queue is free, so it must be the last thing released.
+    drop(sys);
+    let _ = std::fs::remove_file(stopping_path(queue));
     drop(lock);
     result
 }

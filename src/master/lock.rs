@@ -76,6 +76,31 @@ pub fn running_pid(queue_dir: &Path) -> Option<u32> {
     s.trim().parse().ok()
 }
 
+/// Whether process `pid` still exists and has not exited. A zombie counts as gone: it has
+/// released every descriptor and lock, and a daemon started by `relais start` may be
+/// reparented to an init that reaps it late (or, in a container, never).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) S …"; comm may hold spaces and parentheses, the state
+    // follows the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(st) => !matches!(
+            st.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +119,23 @@ mod tests {
         assert_eq!(running_pid(d.path()), Some(std::process::id()));
         drop(l);
         assert_eq!(running_pid(d.path()), None);
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited (bounded wait for that).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            !process_alive(pid),
+            "exited child {pid} still counts as alive"
+        );
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 }

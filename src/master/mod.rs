@@ -14,6 +14,15 @@
 //!   finish (bounded), flush the queue and exit. Only this module starts actors and hands out
 //!   their addresses.
 //!
+//!   As Postfix's master, it binds every smtpd inet address before it starts anything: a port
+//!   it cannot have is fatal at start (a service restarted later retries instead). Every
+//!   reason it gives up once its log is open (lock held, queue that cannot be opened, port in
+//!   use) is logged as `postfix/master[pid]: fatal: …`, so the maillog says why the mail
+//!   system is down. On SIGTERM it writes `pid/master.stopping` (its pid) and, last of all,
+//!   after the actors and the queue (sled's own lock) are gone, releases
+//!   `pid/master.pid`: `relais stop` returns only then, and a `relais start` meanwhile waits
+//!   for it instead of finding the database locked.
+//!
 //! QUEUES
 //!   None directly; at start the queue's own recovery moves `active` back to `incoming`.
 //!

@@ -254,6 +254,34 @@ pub fn listen_addrs(name: &str, cfg: &Config) -> Result<Vec<std::net::SocketAddr
     Ok(out)
 }
 
+/// Binds (and lets go) every address the smtpd rows will listen on, so that a port the
+/// master cannot have is a fatal error at start, with Postfix's inet_listen() wording
+/// (`bind 127.0.0.1 port 25: Address already in use`), rather than a service retried in the
+/// background of a daemon that says it has started. std sets SO_REUSEADDR, so the services
+/// bind the same addresses again at once.
+pub fn probe_listeners(cfg: &Config, specs: &[ServiceSpec]) -> Result<(), MasterError> {
+    for spec in specs
+        .iter()
+        .filter(|s| s.command == "smtpd" && s.kind == "inet")
+    {
+        // An address that does not parse is the service's own start error, logged with it.
+        let Ok(addrs) = listen_addrs(&spec.name, &spec.config(cfg)) else {
+            continue;
+        };
+        for a in addrs {
+            std::net::TcpListener::bind(a).map_err(|e| {
+                MasterError::Setup(format!(
+                    "bind {} port {}: {}",
+                    a.ip(),
+                    a.port(),
+                    crate::log::strerror(&e)
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// One smtpd row: a listener actor per address, sharing one backend.
 struct SmtpdService {
     addrs: Vec<Addr<crate::smtpd::server::Smtpd>>,
@@ -469,6 +497,7 @@ pub fn starter(shared: Arc<Shared>) -> Starter {
                 let sh2 = sh.clone();
                 let backend = Arc::new(crate::smtpd::backend::QueueBackend {
                     queue: sh.queue.clone(),
+                    queue_directory: super::queue_dir(&cfg),
                     policy: RwLock::new(Arc::new(policy)),
                     cleanup: Arc::new(move || {
                         sh2.registry.cleanup.read().ok().and_then(|g| g.clone())

@@ -18,6 +18,8 @@ pub type CleanupLocator = Arc<dyn Fn() -> Option<actix::Addr<Cleanup>> + Send + 
 
 pub struct QueueBackend {
     pub queue: Queue,
+    /// queue_directory, whose file system smtpd measures at MAIL FROM.
+    pub queue_directory: std::path::PathBuf,
     pub policy: RwLock<Arc<Policy>>,
     pub cleanup: CleanupLocator,
 }
@@ -125,6 +127,10 @@ impl Backend for QueueBackend {
                 Err(_) => Err(Reply::new(451, "4.3.0 Error: queue file write error")),
             }
         })
+    }
+
+    fn queue_space(&self) -> Option<Result<super::storage::FsSpace, super::storage::StorageError>> {
+        Some(super::storage::fsspace(&self.queue_directory))
     }
 
     fn flush_site(&self, site: &str) {

@@ -1,5 +1,7 @@
 //! MAIL FROM: start a transaction. Parameters (SIZE, BODY, SMTPUTF8, RET, ENVID, AUTH) are
-//! parsed by smtp-proto; the checks and replies are Postfix's.
+//! parsed by smtp-proto; the checks and replies are Postfix's, in its order: SIZE= against
+//! message_size_limit, the sender restrictions (smtpd_delay_reject = no), the queue's free
+//! space (`storage.rs`).
 
 use super::reply::Reply;
 use super::session::{Flow, Session};
@@ -156,6 +158,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(r) = c.reject {
             self.log_whatsup(None, "reject", super::CheckPoint::Mail, &r.one_line(), None);
             self.info.sender = None;
+            self.reply(r).await;
+            return Flow::Continue;
+        }
+        // Last, as in Postfix: a client refused for its sender hears that, not about space.
+        if let Some(r) = self.check_queue_space() {
             self.reply(r).await;
             return Flow::Continue;
         }

@@ -53,6 +53,13 @@
 //!     reply waits smtpd_error_sleep_time first; at smtpd_hard_error_limit the session ends
 //!     with `421 4.7.0 host Error: too many errors`. A received message forgives the errors.
 //!
+//!     Queue space (`storage.rs`, Postfix's smtpd_check_queue): at MAIL FROM, after the SIZE=
+//!     check against message_size_limit and the sender restrictions, the queue file system is
+//!     measured (statvfs); with fewer free blocks than queue_minfree, or than 1.5 ×
+//!     message_size_limit, the reply is `452 4.3.1 Insufficient system storage`. A message the
+//!     queue cannot write anyway (disk full, I/O error) gets `451 4.3.0 Error: queue file write
+//!     error` at end of data, and the session goes on.
+//!
 //! QUEUES
 //!     smtpd writes nothing itself: complete messages go to [`Backend::enqueue`] (cleanup, then
 //!     the incoming queue), and 250 is answered only when that resolves, i.e. when the message
@@ -67,6 +74,10 @@
 //!     address A`,
 //!     `lost connection after CMD from …`, `timeout after CMD from …`,
 //!     `warning: non-SMTP command from …`,
+//!     `NOQUEUE: reject: MAIL from host[addr]: 452 4.3.1 Insufficient system storage;
+//!     proto=ESMTP helo=<…>` then `warning: not enough free space in mail queue: N bytes <
+//!     1.5*message size limit`, `warning: queue_minfree(N) should be at least
+//!     1.5*message_size_limit(N)` when a listener starts,
 //!     `ID: client=host[addr], sasl_method=PLAIN, sasl_username=user`,
 //!     `warning: host[addr]: SASL PLAIN authentication failed: reason, sasl_username=user`
 //!     (fail2ban's postfix-sasl filter reads it), `warning: host[addr]: SASL LOGIN
@@ -117,6 +128,7 @@
 //!     mail_name (relais)
 //!     message_size_limit (10240000)
 //!     myhostname (system host name)
+//!     queue_directory (/var/spool/postfix), queue_minfree (0)
 //!     smtpd_banner ($myhostname ESMTP $mail_name)
 //!     smtpd_client_auth_rate_limit (0)
 //!     smtpd_client_connection_count_limit (50)
@@ -167,6 +179,7 @@ pub mod server;
 pub mod session;
 pub mod settings;
 pub mod state;
+pub mod storage;
 mod vrfy;
 
 pub use reply::Reply;
@@ -306,6 +319,11 @@ pub trait Backend: Send + Sync + 'static {
     /// ETRN accepted for `site`: ask for a queue run of its deferred mail (nothing by default,
     /// for backends without a queue).
     fn flush_site(&self, _site: &str) {}
+    /// The free space of the queue file system (statvfs of queue_directory), checked at MAIL
+    /// FROM; None for a backend with no queue on disk, which never refuses for space.
+    fn queue_space(&self) -> Option<Result<storage::FsSpace, storage::StorageError>> {
+        None
+    }
 }
 
 /// Why a session ended early (everything else is an SMTP reply, not an error).

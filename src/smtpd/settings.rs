@@ -27,6 +27,8 @@ pub struct Settings {
     pub line_length_limit: usize,
     /// 0 means no limit.
     pub message_size_limit: u64,
+    /// Free bytes the queue file system must have for MAIL FROM to be accepted.
+    pub queue_minfree: u64,
     pub recipient_limit: usize,
     pub timeout: Duration,
     pub hard_error_limit: u32,
@@ -151,6 +153,12 @@ impl Settings {
         } else {
             None
         };
+        let message_size_limit = cfg.get_size("message_size_limit");
+        let queue_minfree = cfg.get_size("queue_minfree");
+        // Logged as each Postfix smtpd process logs it when it starts.
+        if let Some(w) = super::storage::minfree_warning(queue_minfree, message_size_limit) {
+            tracing::warn!("{w}");
+        }
         let tls_level = crate::tlsmgr::Level::from_config(cfg);
         let tls_ccerts = crate::tlsmgr::client_certs(cfg);
         // Logged by each service as it starts, as Postfix's smtpd does (`relais check`
@@ -187,7 +195,8 @@ impl Settings {
             service: service.to_string(),
             tag: crate::log::tag(&cfg.get("syslog_name"), "smtpd"),
             line_length_limit: cfg.get_size("line_length_limit").clamp(1, 1 << 24) as usize,
-            message_size_limit: cfg.get_size("message_size_limit"),
+            message_size_limit,
+            queue_minfree,
             recipient_limit: cfg.get_int("smtpd_recipient_limit").max(1) as usize,
             timeout: cfg.get_time("smtpd_timeout"),
             hard_error_limit: cfg
