@@ -458,7 +458,6 @@ fn a_full_queue_file_system_gets_451_and_loses_no_acknowledged_message() {
 /// After the queue file system filled up, mail is accepted again within seconds of space
 /// coming back, without a restart.
 #[test]
-#[ignore = "needs queue storage recovery from ENOSPC (issue 13)"]
 fn mail_is_accepted_again_when_space_returns_without_restart() {
     let mut inst = Instance::with_main_cf_extra(&format!(
         "message_size_limit = 0\n{}",
