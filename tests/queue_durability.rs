@@ -2,7 +2,8 @@
 //! - 250 to end-of-data is written only after the queue journal's `fdatasync` (strace);
 //! - a flipped byte in the record store (sled's log), in a journal segment (a body, a
 //!   header), and a truncated file cost at most the messages whose own bytes were hit, each
-//!   reported in the maillog, and the rest is delivered.
+//!   reported in the maillog, and the rest is delivered; `postsuper -s` finds damage done
+//!   while the daemon runs.
 
 mod common;
 use common::*;
@@ -220,6 +221,23 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
     assert_eq!(got.len(), 30, "{got:?}\n{}", inst.log());
     assert_eq!(got.iter().filter(|(_, q)| q == "corrupt").count(), 1);
 
+    // 4. Damage while the daemon runs: `postsuper -s` (Postfix's structure check and repair)
+    // finds it and moves the hit message to the corrupt queue.
+    let seg = segments(&inst)
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap().windows(10).any(|w| w == b"damage-13\r"))
+        .expect("damage-13 in the journal");
+    let bytes = std::fs::read(&seg).unwrap();
+    let hit = bytes.windows(10).position(|w| w == b"damage-13\r").unwrap() as u64;
+    flip(&seg, hit + 1);
+    let out = inst.tool("postsuper", &["-s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("queue structure check:") && err.contains("corrupt=1"), "{err}");
+    let got = ids_and_queues(&inst);
+    assert_eq!(got.iter().filter(|(_, q)| q == "corrupt").count(), 2, "{got:?}");
+    assert!(got.contains(&(sent[13].clone(), "corrupt".to_string())));
+
     // Everything else is delivered once a next hop listens.
     let mut cmd = Command::new("/usr/sbin/smtp-sink");
     // As root, smtp-sink insists on dropping privileges.
@@ -239,7 +257,7 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
         std::net::TcpStream::connect(("127.0.0.1", sink_port)).is_ok()
     }));
     let _ = inst.tool("postqueue", &["-f"]);
-    let delivered = wait_until(Duration::from_secs(60), || ids_and_queues(&inst).len() == 1);
+    let delivered = wait_until(Duration::from_secs(60), || ids_and_queues(&inst).len() == 2);
     let _ = sink.kill();
     let _ = sink.wait();
     assert!(delivered, "left: {:?}\n{}", ids_and_queues(&inst), inst.log());

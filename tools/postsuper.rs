@@ -64,6 +64,8 @@ fn main() {
     // Per operation: the IDs named (None: not requested), "ALL" becomes an empty marker.
     let mut wanted: Vec<(SuperOp, Vec<String>)> = Vec::new();
     let mut queues: Vec<QueueName> = Vec::new();
+    // -s: the queue's structure check and repair (Postfix runs it before the other actions).
+    let mut structure = false;
     let mut i = 0;
     // Bounded by the argument count.
     while i < args.len() {
@@ -78,8 +80,12 @@ fn main() {
                 i += 1;
                 continue;
             }
-            "-v" | "-p" | "-s" | "-S" => {
-                // Structure checks are not needed with a database; accepted and ignored.
+            "-s" => {
+                structure = true;
+                i += 1;
+                continue;
+            }
+            "-v" | "-p" | "-S" => {
                 i += 1;
                 continue;
             }
@@ -127,7 +133,7 @@ fn main() {
             None => wanted.push((op, ids)),
         }
     }
-    if wanted.is_empty() {
+    if wanted.is_empty() && !structure {
         fatal(PROG, exit::EX_USAGE, "no action specified");
     }
     let dir = relais::config::config_dir(cdir.as_deref());
@@ -166,6 +172,18 @@ fn main() {
         ),
         Err(e) => fatal(PROG, exit::EX_UNAVAILABLE, e),
     };
+    if structure {
+        match backend.call(&Request::Check, None) {
+            Ok((Response::Checked { report }, _)) => {
+                if !report.is_empty() {
+                    say(log, &format!("queue structure check: {report}"));
+                }
+            }
+            Ok((Response::Error { code, message }, _)) => fatal(PROG, code, message),
+            Ok(_) => fatal(PROG, exit::FAIL, "unexpected answer to the structure check"),
+            Err(e) => fatal(PROG, exit::EX_UNAVAILABLE, e),
+        }
+    }
     for op in ORDER {
         let Some((_, names)) = wanted.iter().find(|(o, _)| *o == op) else {
             continue;

@@ -50,6 +50,8 @@ pub enum Request {
         ids: Option<Vec<String>>,
         queues: Vec<QueueName>,
     },
+    /// postsuper -s: the queue's structure check and repair.
+    Check,
     /// postcat -q id: the response carries the content.
     Fetch {
         id: String,
@@ -89,6 +91,10 @@ pub enum Response {
         entries: Vec<Entry>,
     },
     Ok,
+    /// postsuper -s: what the structure check found and mended (empty: nothing).
+    Checked {
+        report: String,
+    },
     /// postsuper: the IDs acted on, and for `expire` those also released from hold.
     Done {
         ids: Vec<String>,

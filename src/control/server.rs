@@ -45,7 +45,10 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Requests only root or the daemon's own uid may make.
 fn privileged(req: &Request) -> bool {
-    matches!(req, Request::Super { .. } | Request::Fetch { .. })
+    matches!(
+        req,
+        Request::Super { .. } | Request::Fetch { .. } | Request::Check
+    )
 }
 
 fn allowed(peer: &Peer) -> bool {
@@ -380,6 +383,10 @@ impl Handler for QueueHandler {
                     queues,
                 } => match self.superop(action, ids, queues).await {
                     Ok(r) => (r, None),
+                    Err(e) => (qerr(e), None),
+                },
+                Request::Check => match self.queue.structure_check().await {
+                    Ok(report) => (Response::Checked { report }, None),
                     Err(e) => (qerr(e), None),
                 },
                 Request::Fetch { id } => {

@@ -896,6 +896,11 @@ impl Queue {
         Ok(self.transition(id, &[queue], queue, edit).await?.is_some())
     }
 
+    /// `postsuper -s`: the spool's structure check and repair; what it found, or empty.
+    pub async fn structure_check(&self) -> Result<String, QueueError> {
+        self.blocking(|s| Ok(s.structure_check()?)).await
+    }
+
     /// Counts per queue (for status requests).
     pub async fn counts(&self) -> Result<Vec<(QueueName, usize)>, QueueError> {
         self.blocking(|s| {

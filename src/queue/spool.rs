@@ -78,6 +78,11 @@ pub trait Spool: Send + Sync + 'static {
     fn compact(&self) -> Result<usize, SpoolError> {
         Ok(0)
     }
+    /// `postsuper -s`: checks every message and mends what it can; returns what it found
+    /// (empty: nothing to report).
+    fn structure_check(&self) -> Result<String, SpoolError> {
+        Ok(String::new())
+    }
 }
 
 fn index_key(state: u8, id: &str) -> Vec<u8> {
@@ -1079,6 +1084,28 @@ impl Spool for SledSpool {
     }
     fn compact(&self) -> Result<usize, SpoolError> {
         self.compact_blobs()
+    }
+    fn structure_check(&self) -> Result<String, SpoolError> {
+        // What the open found (the reconciliation with the journal), and the check now.
+        let open = self.last_report();
+        let now = self.check()?;
+        let sum = Report {
+            restored: open.restored + now.restored,
+            removed: open.removed + now.removed,
+            corrupted: open.corrupted + now.corrupted,
+            migrated: open.migrated + now.migrated,
+            lost: open.lost + now.lost,
+            damaged_ranges: open.damaged_ranges + now.damaged_ranges,
+            index_fixed: open.index_fixed + now.index_fixed,
+        };
+        if let Ok(mut g) = self.report.lock() {
+            *g = Report::default();
+        }
+        Ok(if sum == Report::default() {
+            String::new()
+        } else {
+            sum.to_string()
+        })
     }
 }
 
