@@ -548,3 +548,90 @@ fn locked_database_without_socket_is_mail_system_down() {
     assert_eq!(o.status.code(), Some(69));
     assert!(text(&o.stderr).starts_with("postsuper: fatal: mail system is down"));
 }
+
+/// A queue of a few thousand messages through the running daemon's socket: `postqueue -p`
+/// and `-j` arrive in many batches and print exactly what formatting the whole queue at
+/// once prints (the listing before it was streamed); `postsuper -d ALL` deletes them all
+/// in batches and says so as Postfix does.
+#[test]
+fn thousands_of_messages_list_in_batches_and_delete_all() {
+    let e = env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let q = Queue::open(&e.qdir, false).unwrap();
+    const N: usize = 3000;
+    let queues = [
+        QueueName::Deferred,
+        QueueName::Hold,
+        QueueName::Active,
+        QueueName::Incoming,
+    ];
+    for i in 0..N {
+        let id = q.new_id_now().unwrap();
+        let reason = (i % 3 != 0).then_some(REFUSED);
+        let mut rcpts = vec![rcpt(&format!("user{i}@example.net"), reason)];
+        if i % 7 == 0 {
+            rcpts.push(rcpt("other@example.org", None));
+        }
+        let mut r = record(
+            if i % 5 == 0 { "" } else { "alice@example.com" },
+            rcpts,
+            true,
+        );
+        r.meta.arrival_time = ARRIVAL + i as i64;
+        r.meta.forced_expire = i % 11 == 0;
+        q.store_blocking(&id, queues[i % queues.len()], r, &sized(300 + i))
+            .unwrap();
+    }
+    rt.block_on(q.durable()).unwrap();
+    let all = rt.block_on(q.list_many(&QueueName::SHOWQ_ORDER)).unwrap();
+    assert_eq!(all.len(), N);
+    let entries: Vec<control::Entry> = all.iter().map(control::server::entry).collect();
+    let want_text = relais::showq::format_text(&entries, false);
+    let want_json = relais::showq::format_json(&entries);
+
+    let cfg = relais::config::Config::load(&e.conf).unwrap();
+    let handler = Arc::new(QueueHandler::new(q.clone(), &cfg));
+    let listener = rt
+        .block_on(async { control::server::bind(&e.qdir) })
+        .unwrap();
+    rt.spawn(control::serve(listener, handler));
+
+    // The tools run with TZ=UTC, this process in whatever zone it has: the arrival time
+    // column (the same function formats it) is left out of the comparison.
+    let mask = |s: &str| -> String {
+        s.lines()
+            .map(|l| {
+                if l.len() > 40 && !l.starts_with([' ', '-']) {
+                    format!("{}#{}", &l[..20], &l[39..])
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let o = run(&e, env!("CARGO_BIN_EXE_postqueue"), &["-p"]);
+    assert_eq!(text(&o.stderr), "");
+    assert!(text(&o.stdout).ends_with('\n'));
+    assert!(
+        mask(&text(&o.stdout)) == mask(&want_text),
+        "postqueue -p differs"
+    );
+    assert!(want_text.ends_with(&format!(" Kbytes in {N} Requests.\n")));
+    let o = run(&e, env!("CARGO_BIN_EXE_postqueue"), &["-j"]);
+    assert!(text(&o.stdout) == want_json, "postqueue -j differs");
+    assert_eq!(text(&o.stdout).lines().count(), N);
+
+    let o = run(&e, env!("CARGO_BIN_EXE_postsuper"), &["-d", "ALL"]);
+    assert_eq!(
+        text(&o.stderr),
+        format!("postsuper: Deleted: {N} messages\n")
+    );
+    let o = run(&e, env!("CARGO_BIN_EXE_postqueue"), &["-p"]);
+    assert_eq!(text(&o.stdout), "Mail queue is empty\n");
+    rt.shutdown_background();
+}

@@ -207,8 +207,16 @@ fn main() {
             ids: if all { None } else { Some(ids) },
             queues: queues.clone(),
         };
-        let (done, released) = match backend.call(&req, None) {
-            Ok((Response::Done { ids, released }, _)) => (ids, released),
+        let (done, count, released_count) = match backend.call(&req, None) {
+            Ok((
+                Response::Done {
+                    ids,
+                    count,
+                    released_count,
+                    ..
+                },
+                _,
+            )) => (ids, count, released_count),
             Ok((Response::Error { code, message }, _)) => {
                 if code == exit::EX_NOPERM {
                     fatal(
@@ -232,12 +240,9 @@ fn main() {
                 say(log, &format!("{d}: {one}"));
             }
         }
-        say(
-            log,
-            &format!("{summary}: {} {}", done.len(), plural(done.len())),
-        );
+        say(log, &format!("{summary}: {count} {}", plural(count)));
         if op == SuperOp::Expire {
-            let released_by_expire = released.len();
+            let released_by_expire = released_count;
             // -f also releases from hold; Postfix reports that count even when -H was not given.
             if !wanted.iter().any(|(o, _)| *o == SuperOp::Release) {
                 let (_, s) = done_word(SuperOp::Release);

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::proto::{Request, Response, MAX_CONTENT, MAX_LINE};
+use super::proto::{Entry, Request, Response, MAX_CONTENT, MAX_LINE};
 use super::server::{Handler, Peer, QueueHandler};
 use super::{strerror, ControlError};
 use crate::queue::Queue;
@@ -48,15 +48,7 @@ impl Client {
             self.writer.write_all(c)?;
         }
         self.writer.flush()?;
-        let mut buf = Vec::new();
-        (&mut self.reader)
-            .take(MAX_LINE as u64 * 16)
-            .read_until(b'\n', &mut buf)?;
-        if buf.last() != Some(&b'\n') {
-            return Err(ControlError::Protocol("truncated reply".into()));
-        }
-        let resp: Response =
-            serde_json::from_slice(&buf).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let resp = self.reply()?;
         let body = match &resp {
             Response::Message { content_length, .. } => {
                 if *content_length > MAX_CONTENT {
@@ -74,6 +66,52 @@ impl Client {
             _ => None,
         };
         Ok((resp, body))
+    }
+}
+
+impl Client {
+    /// Reads one reply line.
+    fn reply(&mut self) -> Result<Response, ControlError> {
+        let mut buf = Vec::new();
+        (&mut self.reader)
+            .take(MAX_LINE as u64 * 16)
+            .read_until(b'\n', &mut buf)?;
+        if buf.last() != Some(&b'\n') {
+            return Err(ControlError::Protocol("truncated reply".into()));
+        }
+        serde_json::from_slice(&buf).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+
+    /// The showq listing ([`Request::List`]), handed to `f` a batch at a time as the daemon
+    /// sends it. An error from `f` stops the listing and is returned.
+    pub fn list(
+        &mut self,
+        f: &mut dyn FnMut(&[Entry]) -> std::io::Result<()>,
+    ) -> Result<(), ControlError> {
+        let mut line = serde_json::to_vec(&Request::List)
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        self.writer.flush()?;
+        // Bounded: the daemon sends a finite listing, each line within the read timeout.
+        loop {
+            match self.reply()? {
+                Response::Entries { entries, more } => {
+                    f(&entries)?;
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                Response::Error { code, message } => {
+                    return Err(ControlError::Refused { code, message })
+                }
+                other => {
+                    return Err(ControlError::Protocol(format!(
+                        "unexpected reply: {other:?}"
+                    )))
+                }
+            }
+        }
     }
 }
 
@@ -114,6 +152,39 @@ impl Backend {
             runtime,
             why,
         })
+    }
+
+    /// The showq listing, a batch at a time (see [`Client::list`]), from the daemon or
+    /// from the database directly with the same handler code.
+    pub fn list(
+        &mut self,
+        f: &mut dyn FnMut(&[Entry]) -> std::io::Result<()>,
+    ) -> Result<(), ControlError> {
+        match self {
+            Backend::Daemon(c) => c.list(f),
+            Backend::Direct {
+                handler, runtime, ..
+            } => runtime.block_on(async {
+                let mut listing = None;
+                // Bounded by the listing's length.
+                loop {
+                    match handler.next_entries(&mut listing).await {
+                        Ok((entries, more)) => {
+                            f(&entries)?;
+                            if !more {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            return Err(ControlError::Refused {
+                                code: crate::cli::exit::EX_TEMPFAIL,
+                                message: e.to_string(),
+                            })
+                        }
+                    }
+                }
+            }),
+        }
     }
 
     pub fn is_direct(&self) -> bool {

@@ -41,6 +41,10 @@ pub enum ControlError {
     Protocol(String),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    /// The daemon (or the handler, directly) answered with an error and the exit code the
+    /// tool should use.
+    #[error("{message}")]
+    Refused { code: i32, message: String },
     /// No daemon answers and the database is locked (or cannot be opened).
     #[error("mail system is down ({connect}; {open})")]
     Down { connect: String, open: String },

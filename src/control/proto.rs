@@ -14,6 +14,10 @@ pub const MAX_LINE: usize = 4 * 1024 * 1024;
 /// usually `message_size_limit`, far smaller).
 pub const MAX_CONTENT: u64 = 1 << 30;
 
+/// Messages per [`Response::Entries`] line: a few hundred kilobytes of JSON at most for
+/// ordinary envelopes.
+pub const LIST_BATCH: usize = 512;
+
 /// What `postsuper` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,7 +35,8 @@ pub enum Request {
     Ping,
     /// Counts per queue.
     Status,
-    /// Every message of the showq queues (postqueue -p / -j).
+    /// Every message of the showq queues (postqueue -p / -j), answered in batches: one
+    /// [`Response::Entries`] line per batch, the last with `more: false`.
     List,
     /// postqueue -f.
     Flush,
@@ -87,18 +92,28 @@ pub enum Response {
     Status {
         counts: Vec<(QueueName, usize)>,
     },
-    List {
+    /// One batch of a listing (at most [`LIST_BATCH`] messages); `more` says whether
+    /// another follows. The daemon reads the next batch only when this one has been written,
+    /// so a listing of 100,000 messages never sits in its memory at once.
+    Entries {
         entries: Vec<Entry>,
+        more: bool,
     },
     Ok,
     /// postsuper -s: what the structure check found and mended (empty: nothing).
     Checked {
         report: String,
     },
-    /// postsuper: the IDs acted on, and for `expire` those also released from hold.
+    /// postsuper: how many messages were acted on (`count`), and for `expire` how many were
+    /// also released from hold; with named IDs, `ids` and `released` name them (with ALL
+    /// they stay empty: Postfix reports only the counts then).
     Done {
         ids: Vec<String>,
         released: Vec<String>,
+        #[serde(default)]
+        count: usize,
+        #[serde(default)]
+        released_count: usize,
     },
     /// postcat: the record; `content_length` bytes follow.
     Message {

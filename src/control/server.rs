@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::proto::{Entry, Request, Response, SuperOp, MAX_CONTENT, MAX_LINE};
+use super::proto::{Entry, Request, Response, SuperOp, LIST_BATCH, MAX_CONTENT, MAX_LINE};
 use crate::cli::exit;
 use crate::envelope::RcptStatus;
-use crate::queue::{Message, Queue, QueueEvent, QueueName, Record};
+use crate::queue::{Listing, Message, Queue, QueueEvent, QueueName, Record};
 
 /// How long a client may take to send one request (line and content).
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
@@ -38,10 +38,24 @@ impl Peer {
 
 pub type Reply<'a> = Pin<Box<dyn Future<Output = (Response, Option<Vec<u8>>)> + Send + 'a>>;
 
+/// One batch of a listing and whether more follow, or the error reply that ends it.
+pub type ListReply<'a> =
+    Pin<Box<dyn Future<Output = Result<(Vec<Entry>, bool), Response>> + Send + 'a>>;
+
 /// Answers control requests. `serve` has already checked privileges and read any content.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: Peer, req: Request, content: Option<Vec<u8>>) -> Reply<'_>;
+    /// The next batch of the showq listing ([`Request::List`]); `listing` is None at the
+    /// first call and keeps the handler's place between calls.
+    fn list_batch<'a>(&'a self, listing: &'a mut Option<Listing>) -> ListReply<'a>;
 }
+
+/// A listing's approximate JSON size after which a batch ends early, so that messages with
+/// thousands of recipients cannot make one reply line outgrow what the client reads.
+const LIST_BATCH_BYTES: usize = 1 << 20;
+
+/// IDs whose records are read per blocking call while a batch fills.
+const LIST_READ: usize = 128;
 
 /// Requests only root or the daemon's own uid may make.
 fn privileged(req: &Request) -> bool {
@@ -172,6 +186,27 @@ async fn connection(stream: UnixStream, handler: Arc<dyn Handler>) -> std::io::R
             }
             content = Some(buf);
         }
+        if req == Request::List {
+            // Batch by batch, each read only once the previous one is written: the
+            // socket's back-pressure bounds what the daemon holds.
+            let mut listing = None;
+            // Bounded by the listing's length (each batch takes at least one message).
+            loop {
+                match handler.list_batch(&mut listing).await {
+                    Ok((entries, more)) => {
+                        write_reply(&mut w, &Response::Entries { entries, more }, None).await?;
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(resp) => {
+                        write_reply(&mut w, &resp, None).await?;
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
         let (resp, body) = if privileged(&req) && !allowed(&peer) {
             (
                 Response::Error {
@@ -220,9 +255,33 @@ impl QueueHandler {
         })
     }
 
-    async fn list(&self) -> Result<Vec<Entry>, crate::queue::QueueError> {
-        let all = self.queue.list_many(&QueueName::SHOWQ_ORDER).await?;
-        Ok(all.iter().map(entry).collect())
+    /// The next batch of the listing: up to LIST_BATCH messages (fewer when their
+    /// recipients are many), and whether more follow.
+    pub async fn next_entries(
+        &self,
+        listing: &mut Option<Listing>,
+    ) -> Result<(Vec<Entry>, bool), crate::queue::QueueError> {
+        let l = match listing {
+            Some(l) => l,
+            None => listing.insert(self.queue.listing(&QueueName::SHOWQ_ORDER).await?),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        // Bounded: every round takes IDs from the listing or ends it.
+        while out.len() < LIST_BATCH && bytes < LIST_BATCH_BYTES && !l.is_done() {
+            let ids = l.next(LIST_READ.min(LIST_BATCH - out.len()));
+            for m in self.queue.listed(ids).await? {
+                let e = entry(&m);
+                bytes += 200
+                    + e.sender.len()
+                    + e.recipients
+                        .iter()
+                        .map(|(a, r)| 40 + a.len() + r.as_ref().map_or(0, String::len))
+                        .sum::<usize>();
+                out.push(e);
+            }
+        }
+        Ok((out, !l.is_done()))
     }
 
     async fn superop(
@@ -240,70 +299,117 @@ impl QueueHandler {
         } else {
             queues
         };
-        let targets = match ids {
-            Some(ids) => ids,
-            None => {
-                let mut all = Vec::new();
-                for q in &queues {
-                    all.extend(self.queue.ids(*q).await?);
-                }
-                all
-            }
+        // ALL: the targets from one pass over the records (IDs only), acted on a batch at
+        // a time, each batch with one flush; named IDs likewise in batches.
+        let all = ids.is_none();
+        let (mut named, mut listing) = match ids {
+            Some(ids) => (ids.into_iter(), None),
+            None => (
+                Vec::new().into_iter(),
+                Some(self.queue.listing(&queues).await?),
+            ),
         };
         let mut done = Vec::new();
         let mut released = Vec::new();
+        let (mut count, mut released_count) = (0, 0);
         let mut requeued = false;
-        for id in targets {
-            let ok = match action {
-                SuperOp::Delete => self.queue.delete(&id, &queues).await?.is_some(),
+        let mut freed = false;
+        // Bounded: every round takes a batch of targets until there are none left.
+        loop {
+            let batch: Vec<String> = match &mut listing {
+                Some(l) => l.next(SUPER_BATCH).into_iter().map(|(id, _)| id).collect(),
+                None => named.by_ref().take(SUPER_BATCH).collect(),
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let mut ok: Vec<String> = Vec::new();
+            match action {
+                SuperOp::Delete => {
+                    ok = self
+                        .queue
+                        .delete_many(batch, &queues)
+                        .await?
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect();
+                }
                 SuperOp::Hold => {
                     let from: Vec<_> = queues.iter().copied().filter(|q| *q != Hold).collect();
-                    self.queue
-                        .transition(&id, &from, Hold, |_| {})
-                        .await?
-                        .is_some()
+                    ok = ids_of(
+                        self.queue
+                            .transition_many(batch, &from, Hold, |_| {})
+                            .await?,
+                    );
                 }
-                SuperOp::Release => queues.contains(&Hold) && self.queue.release(&id).await?,
+                SuperOp::Release => {
+                    if queues.contains(&Hold) {
+                        ok = ids_of(
+                            self.queue
+                                .transition_many(batch, &[Hold], Deferred, |r| {
+                                    r.meta.next_attempt = 0
+                                })
+                                .await?,
+                        );
+                        freed |= !ok.is_empty();
+                    }
+                }
                 SuperOp::Requeue => {
                     let from: Vec<_> = queues
                         .iter()
                         .copied()
                         .filter(|q| *q != Maildrop && *q != Corrupt)
                         .collect();
-                    let r = self
-                        .queue
-                        .transition(&id, &from, Maildrop, |_| {})
-                        .await?
-                        .is_some();
-                    requeued |= r;
-                    r
+                    ok = ids_of(
+                        self.queue
+                            .transition_many(batch, &from, Maildrop, |_| {})
+                            .await?,
+                    );
+                    requeued |= !ok.is_empty();
                 }
                 SuperOp::Expire => {
-                    let Some(m) = self.queue.get(&id).await.ok().flatten() else {
-                        continue;
-                    };
-                    if !queues.contains(&m.queue) {
-                        continue;
+                    for id in batch {
+                        let Some(m) = self.queue.get(&id).await.ok().flatten() else {
+                            continue;
+                        };
+                        if !queues.contains(&m.queue) {
+                            continue;
+                        }
+                        let (e, rel) = self.queue.expire(&id).await?;
+                        if rel {
+                            released_count += 1;
+                            if !all {
+                                released.push(id.clone());
+                            }
+                        }
+                        if e {
+                            ok.push(id);
+                        }
                     }
-                    let (e, rel) = self.queue.expire(&id).await?;
-                    if rel {
-                        released.push(id.clone());
-                    }
-                    e
                 }
-            };
-            if ok {
-                done.push(id);
+            }
+            count += ok.len();
+            if !all {
+                done.extend(ok);
             }
         }
-        if requeued {
+        if requeued || freed {
             self.queue.notify(QueueEvent::Requeued);
         }
         Ok(Response::Done {
             ids: done,
             released,
+            count,
+            released_count,
         })
     }
+}
+
+/// Messages per batch of an operator action: one flush each.
+const SUPER_BATCH: usize = 1000;
+
+fn ids_of(msgs: Vec<Message>) -> Vec<String> {
+    msgs.into_iter().map(|m| m.id).collect()
 }
 
 /// A message as showq lists it: pending recipients only, with their delay reasons.
@@ -333,6 +439,10 @@ fn qerr(e: crate::queue::QueueError) -> Response {
 }
 
 impl Handler for QueueHandler {
+    fn list_batch<'a>(&'a self, listing: &'a mut Option<Listing>) -> ListReply<'a> {
+        Box::pin(async move { self.next_entries(listing).await.map_err(qerr) })
+    }
+
     fn handle(&self, peer: Peer, req: Request, content: Option<Vec<u8>>) -> Reply<'_> {
         Box::pin(async move {
             match req {
@@ -346,10 +456,14 @@ impl Handler for QueueHandler {
                     Ok(counts) => (Response::Status { counts }, None),
                     Err(e) => (qerr(e), None),
                 },
-                Request::List => match self.list().await {
-                    Ok(entries) => (Response::List { entries }, None),
-                    Err(e) => (qerr(e), None),
-                },
+                // Streamed by `connection` (and `Backend::list`) through `list_batch`.
+                Request::List => (
+                    Response::Error {
+                        code: exit::EX_SOFTWARE,
+                        message: "the listing is answered in batches".into(),
+                    },
+                    None,
+                ),
                 Request::Flush => {
                     self.queue.notify(QueueEvent::Flush);
                     (Response::Ok, None)
@@ -481,6 +595,73 @@ mod tests {
         assert!(privileged(&Request::Fetch { id: "A".into() }));
         assert!(!privileged(&Request::List));
         assert!(!privileged(&Request::Flush));
+    }
+
+    fn deferred(q: &Queue, n: usize) {
+        for _ in 0..n {
+            let id = q.new_id_now().unwrap();
+            let rec = Record {
+                envelope: crate::envelope::Envelope {
+                    sender: "a@x".into(),
+                    recipients: vec![crate::envelope::Recipient::new("b@y")],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            q.store_blocking(&id, QueueName::Deferred, rec, b"x")
+                .unwrap();
+        }
+    }
+
+    /// `postsuper -d ALL` on 2,500 messages: three batches, one flush each, and only the
+    /// count comes back (Postfix reports no IDs for ALL).
+    #[tokio::test]
+    async fn postsuper_all_acts_in_batches_with_one_flush_each() {
+        let (q, spool) = crate::queue::tests::counting_queue();
+        deferred(&q, 2500);
+        let flushes = || spool.flushes.load(std::sync::atomic::Ordering::SeqCst);
+        let before = flushes();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::from_text(dir.path(), "").unwrap();
+        let h = QueueHandler::new(q.clone(), &cfg);
+        let req = Request::Super {
+            action: SuperOp::Delete,
+            ids: None,
+            queues: vec![],
+        };
+        let (resp, _) = h.handle(Peer::me(), req, None).await;
+        let Response::Done { ids, count, .. } = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!((ids.len(), count), (0, 2500));
+        assert_eq!(flushes(), before + 3);
+        assert_eq!(
+            q.counts().await.unwrap().iter().map(|c| c.1).sum::<usize>(),
+            0
+        );
+    }
+
+    /// The listing comes in batches of at most LIST_BATCH, every message once.
+    #[tokio::test]
+    async fn listing_comes_in_bounded_batches() {
+        let q = Queue::memory();
+        deferred(&q, 1200);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::from_text(dir.path(), "").unwrap();
+        let h = QueueHandler::new(q.clone(), &cfg);
+        let mut listing = None;
+        let mut sizes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let (entries, more) = h.next_entries(&mut listing).await.unwrap();
+            sizes.push(entries.len());
+            seen.extend(entries.into_iter().map(|e| e.queue_id));
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(sizes, vec![LIST_BATCH, LIST_BATCH, 1200 - 2 * LIST_BATCH]);
+        assert_eq!(seen.len(), 1200);
     }
 
     #[tokio::test]

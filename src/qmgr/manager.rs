@@ -202,6 +202,83 @@ struct ActiveMsg {
     outcomes: HashMap<usize, Outcome>,
 }
 
+/// Activations in flight at most (see [`Qmgr::budget`]).
+const ACTIVATING_MAX: usize = 256;
+
+/// Deferred records a run reads per blocking call.
+const RUN_EXAMINE: usize = 1000;
+
+/// What a deferred-queue run takes: the messages due now (the periodic run, `postsuper -H`
+/// and `-r`), every message (`postqueue -f`), and those with a pending recipient at one of
+/// `sites` (`postqueue -s`, ETRN). Runs asked for while one is going are merged: the union.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RunWant {
+    due: bool,
+    all: bool,
+    sites: Vec<String>,
+}
+
+impl RunWant {
+    fn due() -> RunWant {
+        RunWant {
+            due: true,
+            ..Default::default()
+        }
+    }
+
+    fn all() -> RunWant {
+        RunWant {
+            all: true,
+            ..Default::default()
+        }
+    }
+
+    fn site(site: String) -> RunWant {
+        RunWant {
+            sites: vec![site],
+            ..Default::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.due && !self.all && self.sites.is_empty()
+    }
+
+    fn merge(&mut self, o: RunWant) {
+        self.due |= o.due;
+        self.all |= o.all;
+        for s in o.sites {
+            // Bounded: ETRN and postqueue -s name only fast_flush_domains sites.
+            if !self.sites.iter().any(|x| x.eq_ignore_ascii_case(&s)) {
+                self.sites.push(s);
+            }
+        }
+    }
+
+    fn takes(&self, rec: &Record, now: i64) -> bool {
+        if self.all || (self.due && rec.meta.next_attempt <= now) {
+            return true;
+        }
+        !self.sites.is_empty()
+            && rec.envelope.recipients.iter().any(|r| {
+                r.status == RcptStatus::Pending
+                    && r.address
+                        .rsplit_once('@')
+                        .is_some_and(|(_, d)| self.sites.iter().any(|s| d.eq_ignore_ascii_case(s)))
+            })
+    }
+}
+
+/// A deferred-queue run in progress: where it is and what it takes.
+#[derive(Debug)]
+struct Run {
+    want: RunWant,
+    /// The last deferred ID examined ("" before the first).
+    cursor: String,
+    /// A batch is being read.
+    reading: bool,
+}
+
 pub struct Qmgr {
     queue: Queue,
     settings: Settings,
@@ -210,8 +287,12 @@ pub struct Qmgr {
     agents: AgentTable,
     active: HashMap<String, ActiveMsg>,
     activating: HashSet<String>,
-    /// An incoming-only scan is in flight; `rescan` asks for another when it returns.
+    /// An incoming scan is in flight; `rescan` asks for another when it returns (or when
+    /// an activation slot frees).
     scanning: bool,
+    /// The deferred-queue run in progress, and what the next one is to take.
+    run: Option<Run>,
+    next_run: RunWant,
     /// A body-segment compaction is running (one at a time).
     compacting: bool,
     rescan: bool,
@@ -261,6 +342,8 @@ impl Qmgr {
             active: HashMap::new(),
             activating: HashSet::new(),
             scanning: false,
+            run: None,
+            next_run: RunWant::default(),
             compacting: false,
             rescan: false,
             dests: Dests::default(),
@@ -274,52 +357,35 @@ impl Qmgr {
             .saturating_sub(self.active.len() + self.activating.len())
     }
 
-    /// Scans incoming (all) and deferred (due ones, or all when `force`), bounded by room.
-    fn scan(&mut self, ctx: &mut Context<Self>, deferred: bool, force: bool, site: Option<String>) {
-        // Incoming-only scans come after every finished message: one at a time, the latest
-        // request served when the running one returns, and never more IDs than there is room
-        // for (those being activated are still listed in incoming).
-        let incoming_only = !deferred;
-        if incoming_only {
-            if self.scanning {
-                self.rescan = true;
-                return;
-            }
-            if self.room() == 0 {
-                return;
-            }
-            self.scanning = true;
+    /// How many more messages may be activated now: room in the active queue, and no more
+    /// than ACTIVATING_MAX activations in flight (each holds a blocking thread and, once
+    /// read, a record and body).
+    fn budget(&self) -> usize {
+        self.room()
+            .min(ACTIVATING_MAX.saturating_sub(self.activating.len()))
+    }
+
+    /// Scans incoming, bounded by room. Incoming-only scans come after every finished
+    /// message: one at a time, the latest request served when the running one returns, and
+    /// never more IDs than there is room for (those being activated are still listed in
+    /// incoming).
+    fn scan(&mut self, ctx: &mut Context<Self>) {
+        if self.scanning {
+            self.rescan = true;
+            return;
         }
-        let limit = if deferred {
-            usize::MAX
-        } else {
-            self.room() + self.activating.len()
-        };
+        if self.budget() == 0 {
+            // Asked again when an activation or a message finishes.
+            self.rescan = true;
+            return;
+        }
+        self.scanning = true;
+        let limit = self.budget() + self.activating.len();
         let q = self.queue.clone();
         let fut = async move {
-            let mut ids: Vec<String> = q
-                .ids_upto(QueueName::Incoming, limit)
+            q.ids_upto(QueueName::Incoming, limit)
                 .await
-                .unwrap_or_default();
-            if deferred {
-                let now = secs_now();
-                for m in q.list(QueueName::Deferred).await.unwrap_or_default() {
-                    let due = force || m.record.meta.next_attempt <= now;
-                    let site_ok = match &site {
-                        None => true,
-                        Some(s) => m.record.envelope.recipients.iter().any(|r| {
-                            r.status == RcptStatus::Pending
-                                && r.address
-                                    .rsplit_once('@')
-                                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(s))
-                        }),
-                    };
-                    if due && site_ok {
-                        ids.push(m.id);
-                    }
-                }
-            }
-            ids
+                .unwrap_or_default()
         };
         ctx.spawn(
             fut.instrument(self.span.clone())
@@ -327,17 +393,107 @@ impl Qmgr {
                 .map(move |ids, act, ctx| {
                     let _g = act.span.clone().entered();
                     for id in ids {
-                        if act.room() == 0 {
+                        if act.budget() == 0 {
+                            act.rescan = true;
                             break;
                         }
                         act.activate(ctx, id);
                     }
-                    if incoming_only {
-                        act.scanning = false;
-                        if std::mem::take(&mut act.rescan) {
-                            act.scan(ctx, false, false, None);
-                        }
+                    act.scanning = false;
+                    if std::mem::take(&mut act.rescan) {
+                        act.scan(ctx);
                     }
+                }),
+        );
+    }
+
+    /// Asks for a deferred-queue run taking what `want` says; one already running finishes
+    /// first, as Postfix's qmgr restarts a scan only when the current one completes.
+    fn request_run(&mut self, ctx: &mut Context<Self>, want: RunWant) {
+        match &self.run {
+            Some(_) => self.next_run.merge(want),
+            None => {
+                self.run = Some(Run {
+                    want,
+                    cursor: String::new(),
+                    reading: false,
+                });
+            }
+        }
+        self.advance_run(ctx);
+    }
+
+    /// Moves the deferred-queue run on: reads the next batch of the deferred queue (at most
+    /// RUN_EXAMINE records, keeping only the IDs it takes, no more than there is budget
+    /// for) and activates those. It pauses while the active queue is full and goes on when
+    /// room frees, so that a run over 100,000 deferred messages attempts every due one while
+    /// holding one batch at a time.
+    fn advance_run(&mut self, ctx: &mut Context<Self>) {
+        let budget = self.budget();
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if run.reading || budget == 0 {
+            return;
+        }
+        run.reading = true;
+        let want = run.want.clone();
+        let cursor = run.cursor.clone();
+        let q = self.queue.clone();
+        let fut = async move {
+            let now = secs_now();
+            q.pick_after(
+                QueueName::Deferred,
+                cursor,
+                RUN_EXAMINE,
+                budget,
+                move |rec| want.takes(rec, now),
+            )
+            .await
+        };
+        ctx.spawn(
+            fut.instrument(self.span.clone())
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let _g = act.span.clone().entered();
+                    let (ids, next) = match res {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // The next periodic run tries again.
+                            tracing::warn!("deferred queue scan: {e}");
+                            (Vec::new(), None)
+                        }
+                    };
+                    // Room may have gone to new mail meanwhile: what does not fit now is read
+                    // again from the last one activated, never skipped.
+                    let mut taken = 0;
+                    for id in &ids {
+                        if act.room() == 0 {
+                            break;
+                        }
+                        act.activate(ctx, id.clone());
+                        taken += 1;
+                    }
+                    let Some(run) = act.run.as_mut() else {
+                        return;
+                    };
+                    run.reading = false;
+                    if taken < ids.len() {
+                        if taken > 0 {
+                            run.cursor = ids[taken - 1].clone();
+                        }
+                    } else if let Some(c) = next {
+                        run.cursor = c;
+                    } else {
+                        // This run is over; a run asked for meanwhile starts now.
+                        let want = std::mem::take(&mut act.next_run);
+                        act.run = (!want.is_empty()).then(|| Run {
+                            want,
+                            cursor: String::new(),
+                            reading: false,
+                        });
+                    }
+                    act.advance_run(ctx);
                 }),
         );
     }
@@ -360,6 +516,12 @@ impl Qmgr {
                 .map(move |res, act, ctx| {
                     let _g = act.span.clone().entered();
                     act.activating.remove(&id);
+                    // An activation slot is free: go on with what waited for one.
+                    if act.rescan && !act.scanning {
+                        act.rescan = false;
+                        act.scan(ctx);
+                    }
+                    act.advance_run(ctx);
                     match res {
                         Ok(Some((record, content))) => act.schedule(ctx, id, record, content),
                         Ok(None) => {}
@@ -873,8 +1035,9 @@ impl Qmgr {
                 .into_actor(self)
                 .map(|_, act, ctx| {
                     let _g = act.span.clone().entered();
-                    // Room freed: pick up whatever waits in incoming.
-                    act.scan(ctx, false, false, None);
+                    // Room freed: pick up whatever waits in incoming, then the deferred run.
+                    act.scan(ctx);
+                    act.advance_run(ctx);
                 }),
         );
     }
@@ -1112,14 +1275,13 @@ impl Actor for Qmgr {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.scan(ctx, true, false, None);
+        self.scan(ctx);
+        self.request_run(ctx, RunWant::due());
         // Incoming is watched through events; this scan only catches what an event missed.
-        ctx.run_interval(Duration::from_secs(2), |act, ctx| {
-            act.scan(ctx, false, false, None)
-        });
+        ctx.run_interval(Duration::from_secs(2), |act, ctx| act.scan(ctx));
         let every = self.settings.queue_run_delay.max(Duration::from_secs(1));
         ctx.run_interval(every, |act, ctx| {
-            act.scan(ctx, true, false, None);
+            act.request_run(ctx, RunWant::due());
             act.compact(ctx);
         });
     }
@@ -1131,14 +1293,17 @@ impl Handler<Event> for Qmgr {
     fn handle(&mut self, Event(ev): Event, ctx: &mut Self::Context) {
         match ev {
             QueueEvent::NewIncoming(id) => {
-                if self.room() > 0 {
+                if self.budget() > 0 {
                     self.activate(ctx, id);
+                } else {
+                    // Found by the scan that follows the next free slot.
+                    self.rescan = true;
                 }
             }
-            QueueEvent::Flush => self.scan(ctx, true, true, None),
-            QueueEvent::FlushSite(site) => self.scan(ctx, true, true, Some(site)),
+            QueueEvent::Flush => self.request_run(ctx, RunWant::all()),
+            QueueEvent::FlushSite(site) => self.request_run(ctx, RunWant::site(site)),
             QueueEvent::DeliverOne(id) => self.activate(ctx, id),
-            QueueEvent::Requeued => self.scan(ctx, true, false, None),
+            QueueEvent::Requeued => self.request_run(ctx, RunWant::due()),
             QueueEvent::NewMaildrop(_) => {}
         }
     }

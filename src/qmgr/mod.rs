@@ -27,10 +27,16 @@
 //!   recipients produce one non-delivery notice per message, NOTIFY=SUCCESS a success notice,
 //!   and delay_warning_time a single delay warning.
 //!
-//!   `postqueue -f` and `postsuper -r/-H/-f` act at once (queue events); ETRN and
-//!   `postqueue -s site` flush one destination; otherwise the deferred queue is scanned every
-//!   queue_run_delay, and each such run also lets the queue compact its body segments
-//!   (`Queue::compact`, on a blocking thread, one at a time).
+//!   The deferred queue is read by queue runs: every queue_run_delay (and at start, and
+//!   after `postsuper -H/-r/-f`) a run takes the messages that are due; `postqueue -f` takes
+//!   every one, ETRN and `postqueue -s site` those with a pending recipient at the site. A
+//!   run walks the deferred queue in ID order a batch at a time (a cursor, no more records
+//!   decoded per step than a batch, only the IDs it takes kept), activating what the active
+//!   queue has room for, pausing while it is full and going on as messages leave it, so that
+//!   every due message is attempted with 100,000 deferred and memory stays bounded. A run
+//!   asked for while one is going starts when it ends (as Postfix's qmgr restarts a scan).
+//!   At most 256 activations are in flight at once. Each periodic run also lets the queue
+//!   compact its body segments (`Queue::compact`, on a blocking thread, one at a time).
 //!
 //! QUEUES
 //!   incoming → active; deferred → active; active → deferred | removed.

@@ -83,6 +83,44 @@ pub trait Spool: Send + Sync + 'static {
     fn structure_check(&self) -> Result<String, SpoolError> {
         Ok(String::new())
     }
+    /// At most `limit` IDs in one state that sort after `after` ("" for the first), in ID
+    /// order: a cursor, so that a pass over a long queue holds one batch at a time.
+    fn ids_after(&self, state: u8, after: &str, limit: usize) -> Result<Vec<String>, SpoolError> {
+        Ok(self
+            .ids(state, usize::MAX)?
+            .into_iter()
+            .filter(|id| id.as_str() > after)
+            .take(limit)
+            .collect())
+    }
+    /// Shows `f` at most `limit` records whose ID sorts after `after` ("" for the first), in
+    /// ID order, with their state bytes; returns the last ID shown, None when there was none.
+    /// A pass over every record sees each message once even while messages change state,
+    /// which a pass over the per-state index does not.
+    fn scan_after(
+        &self,
+        after: &str,
+        limit: usize,
+        f: &mut dyn FnMut(&str, u8, &[u8]),
+    ) -> Result<Option<String>, SpoolError> {
+        let mut last = None;
+        for (id, _) in self
+            .all()?
+            .into_iter()
+            .filter(|(id, _)| id.as_str() > after)
+            .take(limit)
+        {
+            if let Some((state, rec)) = self.get(&id)? {
+                f(&id, state, &rec);
+            }
+            last = Some(id);
+        }
+        Ok(last)
+    }
+    /// How many messages are in one state.
+    fn count(&self, state: u8) -> Result<usize, SpoolError> {
+        Ok(self.ids(state, usize::MAX)?.len())
+    }
 }
 
 fn index_key(state: u8, id: &str) -> Vec<u8> {
@@ -228,6 +266,24 @@ impl Spool for MemSpool {
         let mut g = self.lock()?;
         g.counter += 1;
         Ok(g.counter)
+    }
+    fn scan_after(
+        &self,
+        after: &str,
+        limit: usize,
+        f: &mut dyn FnMut(&str, u8, &[u8]),
+    ) -> Result<Option<String>, SpoolError> {
+        use std::ops::Bound;
+        let g = self.lock()?;
+        let mut last = None;
+        let range = g
+            .records
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        for (id, (state, rec)) in range.take(limit) {
+            f(id, *state, rec);
+            last = Some(id.clone());
+        }
+        Ok(last)
     }
 }
 
@@ -1106,6 +1162,52 @@ impl Spool for SledSpool {
         } else {
             sum.to_string()
         })
+    }
+    fn ids_after(&self, state: u8, after: &str, limit: usize) -> Result<Vec<String>, SpoolError> {
+        use std::ops::Bound;
+        let start = index_key(state, after);
+        let mut out = Vec::new();
+        for kv in self
+            .index
+            .range::<Vec<u8>, _>((Bound::Excluded(start), Bound::Unbounded))
+            .take(limit)
+        {
+            let (k, _) = kv?;
+            if k.first() != Some(&state) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+        Ok(out)
+    }
+    fn scan_after(
+        &self,
+        after: &str,
+        limit: usize,
+        f: &mut dyn FnMut(&str, u8, &[u8]),
+    ) -> Result<Option<String>, SpoolError> {
+        use std::ops::Bound;
+        let mut last = None;
+        for kv in self
+            .records
+            .range::<&[u8], _>((Bound::Excluded(after.as_bytes()), Bound::Unbounded))
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            let id = String::from_utf8_lossy(&k);
+            let (state, rec) = split(&v);
+            f(&id, state, rec);
+            last = Some(id.into_owned());
+        }
+        Ok(last)
+    }
+    fn count(&self, state: u8) -> Result<usize, SpoolError> {
+        let mut n = 0;
+        for kv in self.index.scan_prefix([state]) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
     }
 }
 

@@ -872,3 +872,279 @@ fn a_failed_append_leaves_no_entry() {
     let damage = j.scan(|_| n += 1).unwrap();
     assert_eq!((n, damage.len()), (1, 0));
 }
+
+/// A deferred-queue run's step looks at no more than its batch and keeps only what it
+/// picks; steps from the returned cursor cover the whole queue once.
+#[tokio::test]
+async fn pick_after_steps_through_the_queue_a_batch_at_a_time() {
+    let q = Queue::memory();
+    let mut due = Vec::new();
+    for i in 0..30 {
+        let mut r = rec("a@x", &["b@y"]);
+        // Odd ones are due; even ones wait for an hour.
+        r.meta.next_attempt = if i % 2 == 1 { 0 } else { now().0 + 3600 };
+        let id = q.enqueue(QueueName::Deferred, r, vec![]).await.unwrap();
+        if i % 2 == 1 {
+            due.push(id);
+        }
+    }
+    // A message elsewhere is never picked.
+    q.enqueue(QueueName::Hold, rec("a@x", &["b@y"]), vec![])
+        .await
+        .unwrap();
+    // IDs sort by their microsecond prefix, not in the order made.
+    let all = q.ids(QueueName::Deferred).await.unwrap();
+    let due: Vec<String> = all.iter().filter(|i| due.contains(i)).cloned().collect();
+    let due_in = |n: usize| -> Vec<String> {
+        all[..n]
+            .iter()
+            .filter(|i| due.contains(i))
+            .cloned()
+            .collect()
+    };
+    let t = now().0;
+    let is_due = move |r: &Record| r.meta.next_attempt <= t;
+    let (got, cursor) = q
+        .pick_after(QueueName::Deferred, String::new(), 8, 100, is_due)
+        .await
+        .unwrap();
+    assert_eq!(cursor.as_deref(), Some(all[7].as_str()));
+    assert_eq!(got, due_in(8));
+    // `want` stops a step early, at the last one taken.
+    let (got, cursor) = q
+        .pick_after(QueueName::Deferred, String::new(), 8, 2, is_due)
+        .await
+        .unwrap();
+    assert_eq!(got, due[..2].to_vec());
+    assert_eq!(cursor.as_deref(), Some(due[1].as_str()));
+    // Steps from each cursor: every due message once, then the end.
+    let mut cursor = String::new();
+    let mut seen = Vec::new();
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        assert!(steps <= 10, "the run does not end");
+        let (got, next) = q
+            .pick_after(QueueName::Deferred, cursor.clone(), 7, 3, is_due)
+            .await
+            .unwrap();
+        assert!(got.len() <= 3);
+        seen.extend(got);
+        match next {
+            Some(c) => {
+                assert!(c > cursor);
+                cursor = c;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, due);
+}
+
+/// A listing is fixed by one pass: a message that moves afterwards is listed once, in the
+/// queue it was found in, with its record as it is now; one removed meanwhile is left out.
+#[tokio::test]
+async fn listing_lists_each_message_once_in_batches() {
+    let q = Queue::memory();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let queue = if i % 2 == 0 {
+            QueueName::Deferred
+        } else {
+            QueueName::Active
+        };
+        ids.push(
+            q.enqueue(queue, rec("a@x", &["b@y"]), vec![])
+                .await
+                .unwrap(),
+        );
+    }
+    let mut listing = q
+        .listing(&[QueueName::Active, QueueName::Deferred])
+        .await
+        .unwrap();
+    assert_eq!(listing.len(), 7);
+    // After the pass: one active message is deferred, one deferred one removed.
+    q.transition(&ids[1], &[QueueName::Active], QueueName::Deferred, |r| {
+        r.meta.attempts = 1
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    q.delete(&ids[2], &[QueueName::Deferred]).await.unwrap();
+    let mut got = Vec::new();
+    let mut rounds = 0;
+    while !listing.is_done() {
+        rounds += 1;
+        assert!(rounds <= 10);
+        let batch = listing.next(2);
+        assert!(batch.len() <= 2);
+        got.extend(q.listed(batch).await.unwrap());
+    }
+    let order: Vec<(String, QueueName)> = got.iter().map(|m| (m.id.clone(), m.queue)).collect();
+    let group = |idx: &[usize], queue| {
+        let mut g: Vec<(String, QueueName)> =
+            idx.iter().map(|&i| (ids[i].clone(), queue)).collect();
+        g.sort();
+        g
+    };
+    let mut want = group(&[1, 3, 5], QueueName::Active);
+    want.extend(group(&[0, 4, 6], QueueName::Deferred));
+    assert_eq!(order, want);
+    let moved = got.iter().find(|m| m.id == ids[1]).unwrap();
+    assert_eq!(moved.record.meta.attempts, 1);
+    assert!(listing.next(5).is_empty());
+}
+
+/// A spool that counts flushes, to see the batched operations share them.
+pub(crate) struct CountingSpool {
+    inner: MemSpool,
+    pub(crate) flushes: std::sync::atomic::AtomicUsize,
+}
+
+impl Spool for CountingSpool {
+    fn insert(&self, id: &str, state: u8, r: &[u8], c: &[u8]) -> Result<bool, SpoolError> {
+        self.inner.insert(id, state, r, c)
+    }
+    fn get(&self, id: &str) -> Result<Option<(u8, Vec<u8>)>, SpoolError> {
+        self.inner.get(id)
+    }
+    fn content(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.inner.content(id)
+    }
+    fn ids(&self, state: u8, limit: usize) -> Result<Vec<String>, SpoolError> {
+        self.inner.ids(state, limit)
+    }
+    fn all(&self) -> Result<Vec<(String, u8)>, SpoolError> {
+        self.inner.all()
+    }
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Change,
+    ) -> Result<Option<Change>, SpoolError> {
+        self.inner.update(id, f)
+    }
+    fn rename(
+        &self,
+        old: &str,
+        new: &str,
+        f: &mut dyn FnMut(u8, &[u8]) -> Option<(u8, Vec<u8>)>,
+    ) -> Result<bool, SpoolError> {
+        self.inner.rename(old, new, f)
+    }
+    fn flush(&self) -> Result<(), SpoolError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn generate_id(&self) -> Result<u64, SpoolError> {
+        self.inner.generate_id()
+    }
+}
+
+pub(crate) fn counting_queue() -> (Queue, Arc<CountingSpool>) {
+    let spool = Arc::new(CountingSpool {
+        inner: MemSpool::new(),
+        flushes: Default::default(),
+    });
+    let q = Queue::with_spool(spool.clone(), false).unwrap();
+    (q, spool)
+}
+
+/// `postsuper -d`/`-h` on many messages: one flush per batch, not one per message.
+#[tokio::test]
+async fn batched_operator_actions_share_one_flush() {
+    let (q, spool) = counting_queue();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(
+            q.enqueue(QueueName::Deferred, rec("a@x", &["b@y"]), vec![])
+                .await
+                .unwrap(),
+        );
+    }
+    let flushes = || spool.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    let before = flushes();
+    let held = q
+        .transition_many(
+            ids[..20].to_vec(),
+            &[QueueName::Deferred],
+            QueueName::Hold,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 20);
+    assert_eq!(flushes(), before + 1);
+    let gone = q
+        .delete_many(ids.clone(), &[QueueName::Deferred])
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 30);
+    assert!(gone.iter().all(|(_, q)| *q == QueueName::Deferred));
+    assert_eq!(flushes(), before + 2);
+    // Nothing to do, nothing to flush.
+    assert!(q
+        .delete_many(ids[20..].to_vec(), &[QueueName::Deferred])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(flushes(), before + 2);
+    assert_eq!(q.ids(QueueName::Hold).await.unwrap().len(), 20);
+}
+
+/// The sled spool's cursors: IDs of one state after a given one, records after one.
+#[tokio::test]
+async fn sled_cursors_page_through_one_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), false).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let queue = if i % 3 == 0 {
+            QueueName::Hold
+        } else {
+            QueueName::Deferred
+        };
+        ids.push((
+            q.enqueue(queue, rec("a@x", &["b@y"]), vec![])
+                .await
+                .unwrap(),
+            queue,
+        ));
+    }
+    ids.sort();
+    let s = q.spool().clone();
+    let deferred: Vec<String> = ids
+        .iter()
+        .filter(|(_, q)| *q == QueueName::Deferred)
+        .map(|(i, _)| i.clone())
+        .collect();
+    let d = QueueName::Deferred.byte();
+    assert_eq!(s.ids_after(d, "", 4).unwrap(), deferred[..4].to_vec());
+    assert_eq!(
+        s.ids_after(d, &deferred[3], 4).unwrap(),
+        deferred[4..].to_vec()
+    );
+    assert!(s.ids_after(d, &deferred[5], 4).unwrap().is_empty());
+    assert_eq!(s.count(d).unwrap(), 6);
+    let mut seen = Vec::new();
+    let last = s
+        .scan_after(&ids[1].0, 5, &mut |id, state, _| {
+            seen.push((id.to_string(), state))
+        })
+        .unwrap();
+    let want: Vec<(String, u8)> = ids[2..7]
+        .iter()
+        .map(|(i, q)| (i.clone(), q.byte()))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(last.as_deref(), Some(ids[6].0.as_str()));
+    assert_eq!(
+        s.scan_after(&ids[8].0, 5, &mut |_, _, _| panic!(
+            "nothing after the last"
+        ))
+        .unwrap(),
+        None
+    );
+}

@@ -68,18 +68,48 @@ fn decorated_id(e: &Entry) -> String {
 
 /// The `postqueue -p` / `mailq` listing; `long` is `enable_long_queue_ids` (wider columns).
 pub fn format_text(entries: &[Entry], long: bool) -> String {
-    if entries.is_empty() {
-        return "Mail queue is empty\n".into();
+    let mut t = TextListing::new(Vec::new(), long);
+    for e in entries {
+        // Writing into a Vec cannot fail.
+        let _ = t.entry(e);
     }
-    let mut out = String::new();
-    out.push_str(if long { LONG_HEADER } else { HEADER });
-    out.push('\n');
-    let mut total: u64 = 0;
-    for (i, e) in entries.iter().enumerate() {
-        if i > 0 {
+    String::from_utf8(t.finish().unwrap_or_default()).unwrap_or_default()
+}
+
+/// The `postqueue -p` listing written as entries arrive, so that a long queue is never
+/// held whole: the header before the first entry, the totals after the last.
+pub struct TextListing<W: std::io::Write> {
+    out: W,
+    long: bool,
+    total: u64,
+    n: usize,
+    /// One entry's lines, formatted before they are written.
+    buf: String,
+}
+
+impl<W: std::io::Write> TextListing<W> {
+    pub fn new(out: W, long: bool) -> Self {
+        TextListing {
+            out,
+            long,
+            total: 0,
+            n: 0,
+            buf: String::new(),
+        }
+    }
+
+    pub fn entry(&mut self, e: &Entry) -> std::io::Result<()> {
+        let long = self.long;
+        let out = &mut self.buf;
+        out.clear();
+        if self.n == 0 {
+            out.push_str(if long { LONG_HEADER } else { HEADER });
+            out.push('\n');
+        } else {
             out.push('\n');
         }
-        total = total.saturating_add(e.message_size);
+        self.n += 1;
+        self.total = self.total.saturating_add(e.message_size);
         let id = decorated_id(e);
         let t = arrival(e.arrival_time);
         let from = sender(&e.sender);
@@ -92,11 +122,11 @@ pub fn format_text(entries: &[Entry], long: bool) -> String {
         let indent = if long { 47 } else { 41 };
         // A reason line precedes each run of recipients sharing it; a recipient without
         // a reason after one with a reason gets "(reason unavailable)".
-        let mut last = String::new();
+        let mut last = "";
         for (addr, reason) in &e.recipients {
             let why = reason.as_deref().unwrap_or("");
             if why != last {
-                last = why.to_string();
+                last = why;
                 let show = if why.is_empty() {
                     "reason unavailable"
                 } else {
@@ -107,16 +137,25 @@ pub fn format_text(entries: &[Entry], long: bool) -> String {
             }
             let _ = writeln!(out, "{:indent$}{addr}", "");
         }
+        self.out.write_all(self.buf.as_bytes())
     }
-    let n = entries.len();
-    let _ = writeln!(
-        out,
-        "\n-- {} Kbytes in {} Request{}.",
-        total / 1024,
-        n,
-        if n == 1 { "" } else { "s" }
-    );
-    out
+
+    /// Writes the totals (or `Mail queue is empty`) and returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let n = self.n;
+        if n == 0 {
+            self.out.write_all(b"Mail queue is empty\n")?;
+        } else {
+            writeln!(
+                self.out,
+                "\n-- {} Kbytes in {} Request{}.",
+                self.total / 1024,
+                n,
+                if n == 1 { "" } else { "s" }
+            )?;
+        }
+        Ok(self.out)
+    }
 }
 
 fn js(s: &str) -> String {
@@ -244,23 +283,47 @@ pub fn postqueue_main(prog: &str, args: &[String]) -> i32 {
         Mode::Site(s) => Request::FlushSite { site: s.clone() },
         Mode::One(id) => Request::DeliverOne { id: id.clone() },
     };
-    match backend.call(&req, None) {
-        Ok((Response::List { entries }, _)) => {
-            let text = match mode {
-                Mode::Json => format_json(&entries),
-                _ => format_text(&entries, cfg.get_bool("enable_long_queue_ids")),
+    if listing {
+        use std::io::Write;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+        let json = matches!(mode, Mode::Json);
+        let mut text = TextListing::new(&mut out, cfg.get_bool("enable_long_queue_ids"));
+        // A failed write to standard output ends the listing with EX_IOERR.
+        let mut out_failed = false;
+        let res = backend.list(&mut |entries| {
+            let r = if json {
+                text.out.write_all(format_json(entries).as_bytes())
+            } else {
+                entries.iter().try_for_each(|e| text.entry(e))
             };
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            if out
-                .write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .is_err()
-            {
-                return exit::EX_IOERR;
+            out_failed |= r.is_err();
+            r
+        });
+        let mut res = res;
+        if res.is_ok() {
+            let finished = if json {
+                Ok(())
+            } else {
+                text.finish().map(drop)
+            };
+            if let Err(e) = finished.and_then(|()| out.flush()) {
+                out_failed = true;
+                res = Err(ControlError::Io(e));
             }
-            exit::OK
         }
+        return match res {
+            Ok(()) => exit::OK,
+            Err(_) if out_failed => exit::EX_IOERR,
+            Err(ControlError::Refused { code, message }) => fatal(prog, code, message),
+            Err(e) => fatal(
+                prog,
+                exit::EX_UNAVAILABLE,
+                format!("mail system is down: {e}"),
+            ),
+        };
+    }
+    match backend.call(&req, None) {
         Ok((Response::Ok, _)) => exit::OK,
         Ok((Response::Error { code, message }, _)) => fatal(prog, code, message),
         Ok((other, _)) => fatal(
