@@ -8,7 +8,9 @@
 //!
 //! DESCRIPTION
 //!   Newline-delimited JSON requests and responses ([`proto`]); content follows a JSON line
-//!   as `content_length` raw bytes. The socket is mode 0666 like Postfix's public/ sockets,
+//!   as `content_length` raw bytes. A listing (`postqueue -p`/`-j`) is answered in batches,
+//!   one `entries` line each, the daemon reading the next batch only once the previous one
+//!   is written; operator actions on ALL go a batch at a time, one flush per batch. The socket is mode 0666 like Postfix's public/ sockets,
 //!   so any local user can list the queue and submit mail; operator requests (postsuper,
 //!   postcat) are allowed only to root and to the daemon's own uid, checked with
 //!   SO_PEERCRED. A submission's `origin.uid` is always the peer's uid, never the client's

@@ -55,7 +55,7 @@ pub trait Handler: Send + Sync + 'static {
 const LIST_BATCH_BYTES: usize = 1 << 20;
 
 /// IDs whose records are read per blocking call while a batch fills.
-const LIST_READ: usize = 128;
+const LIST_READ: usize = 256;
 
 /// Requests only root or the daemon's own uid may make.
 fn privileged(req: &Request) -> bool {
@@ -196,6 +196,7 @@ async fn connection(stream: UnixStream, handler: Arc<dyn Handler>) -> std::io::R
                     Ok((entries, more)) => {
                         write_reply(&mut w, &Response::Entries { entries, more }, None).await?;
                         if !more {
+                            crate::queue::trim_heap();
                             break;
                         }
                     }
@@ -396,6 +397,7 @@ impl QueueHandler {
         if requeued || freed {
             self.queue.notify(QueueEvent::Requeued);
         }
+        crate::queue::trim_heap();
         Ok(Response::Done {
             ids: done,
             released,

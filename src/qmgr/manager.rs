@@ -486,6 +486,7 @@ impl Qmgr {
                         run.cursor = c;
                     } else {
                         // This run is over; a run asked for meanwhile starts now.
+                        crate::queue::trim_heap();
                         let want = std::mem::take(&mut act.next_run);
                         act.run = (!want.is_empty()).then(|| Run {
                             want,

@@ -38,8 +38,8 @@
 //!   enable_long_queue_ids (no): long, time-ordered queue IDs.
 //!   relais_body_segment_size (33554432): a journal segment file takes no more after this.
 
-pub mod journal;
 pub mod id;
+pub mod journal;
 pub mod spool;
 
 use std::path::Path;
@@ -465,6 +465,8 @@ impl Queue {
         if changed {
             spool.flush()?;
         }
+        spool.release_thread_garbage();
+        trim_heap();
         Ok(())
     }
 
@@ -473,9 +475,13 @@ impl Queue {
         f: impl FnOnce(&dyn Spool) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
         let spool = self.spool();
-        let res = tokio::task::spawn_blocking(move || f(spool.as_ref()))
-            .await
-            .map_err(|e| QueueError::Join(e.to_string()))?;
+        let res = tokio::task::spawn_blocking(move || {
+            let r = f(spool.as_ref());
+            spool.release_thread_garbage();
+            r
+        })
+        .await
+        .map_err(|e| QueueError::Join(e.to_string()))?;
         if let Err(QueueError::Spool(SpoolError::Sled(sled::Error::Io(_)))) = &res {
             self.schedule_reopen();
         }
@@ -486,10 +492,7 @@ impl Queue {
     /// in-memory counter that only occasionally persists a new range, so this is cheap
     /// enough for smtpd's first RCPT.
     pub fn new_id_now(&self) -> Result<String, QueueError> {
-        Ok(id::make(
-            self.spool().generate_id()?,
-            self.inner.long_ids,
-        ))
+        Ok(id::make(self.spool().generate_id()?, self.inner.long_ids))
     }
 
     /// A fresh queue ID (unique across restarts; see [`id`]).
@@ -536,7 +539,10 @@ impl Queue {
             record.meta.arrival_usec = us;
         }
         let bytes = encode(&record)?;
-        let res = self.spool().insert(id, queue.byte(), &bytes, content);
+        let spool = self.spool();
+        let res = spool.insert(id, queue.byte(), &bytes, content);
+        // The caller's blocking thread may go idle now (see Spool::release_thread_garbage).
+        spool.release_thread_garbage();
         if let Err(SpoolError::Sled(sled::Error::Io(_))) = &res {
             self.schedule_reopen();
         }
@@ -687,32 +693,41 @@ impl Queue {
     /// messages cost a megabyte here; [`listed`](Self::listed) reads the records a batch at
     /// a time.
     pub async fn listing(&self, queues: &[QueueName]) -> Result<Listing, QueueError> {
-        let queues = queues.to_vec();
-        self.blocking(move |s| {
-            let mut groups: Vec<(QueueName, String)> =
-                queues.iter().map(|q| (*q, String::new())).collect();
-            let mut len = 0;
-            s.scan_after("", usize::MAX, &mut |id, state, _| {
-                let Some(q) = QueueName::from_byte(state) else {
-                    return;
-                };
-                if let Some((_, ids)) = groups.iter_mut().find(|(g, _)| *g == q) {
-                    ids.push_str(id);
-                    ids.push('\n');
-                    len += 1;
-                }
-            })?;
-            for (_, ids) in &mut groups {
-                ids.shrink_to_fit();
+        let mut listing = Listing {
+            groups: queues.iter().map(|q| (*q, String::new())).collect(),
+            ..Default::default()
+        };
+        let mut cursor = String::new();
+        // Bounded: the cursor moves forward over a finite key space. One pass in several
+        // blocking calls, each ending with the spool's garbage released (see
+        // Spool::release_thread_garbage): one call over 100,000 records left 30 MB behind.
+        loop {
+            let (l, last) = self
+                .blocking(move |s| {
+                    let mut l = listing;
+                    let last = s.scan_after(&cursor, RECOVER_BATCH, &mut |id, state, _| {
+                        let Some(q) = QueueName::from_byte(state) else {
+                            return;
+                        };
+                        if let Some((_, ids)) = l.groups.iter_mut().find(|(g, _)| *g == q) {
+                            ids.push_str(id);
+                            ids.push('\n');
+                            l.len += 1;
+                        }
+                    })?;
+                    Ok((l, last))
+                })
+                .await?;
+            listing = l;
+            match last {
+                Some(c) => cursor = c,
+                None => break,
             }
-            Ok(Listing {
-                groups,
-                group: 0,
-                pos: 0,
-                len,
-            })
-        })
-        .await
+        }
+        for (_, ids) in &mut listing.groups {
+            ids.shrink_to_fit();
+        }
+        Ok(listing)
     }
 
     /// The messages of one batch of a [`Listing`], read now, each shown in the queue the
@@ -1082,6 +1097,19 @@ impl Queue {
     ) -> Result<Vec<String>, QueueError> {
         self.blocking(move |s| Ok(s.ids(queue.byte(), limit)?))
             .await
+    }
+}
+
+/// Gives the memory freed by a bulk operation (a listing, `postsuper ALL`, a queue run, the
+/// recovery pass) back to the system. glibc keeps freed memory in per-thread arenas; after
+/// the many short-lived allocations of a pass over 100,000 records the daemon's resident
+/// size stayed 10–40 MB above what it used (measured with tools/bench/queue). Cheap next
+/// to such a pass (it walks the free lists); never on a per-message path.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

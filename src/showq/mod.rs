@@ -3,7 +3,8 @@
 //!
 //! SUMMARY
 //!   `format_text(&entries, long_ids)` and `format_json(&entries)` turn [`Entry`] lists (from the
-//!   control socket or the queue directly) into exactly what Postfix prints.
+//!   control socket or the queue directly) into exactly what Postfix prints; [`TextListing`]
+//!   writes the same text as batches arrive, so that `postqueue -p` never holds a long queue.
 //!
 //! DESCRIPTION
 //!   Text: a header line; per message the ID with `*` (active), `!` (hold) or `#`
