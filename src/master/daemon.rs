@@ -46,6 +46,7 @@ pub fn stopping(queue: &Path) -> Option<u32> {
 /// (`postfix/master[pid]: fatal: …`), so that it is in the maillog and not only on the
 /// standard error of whoever started the daemon.
 pub fn run(cfg_dir: &Path, verbose: bool, _foreground: bool) -> Result<(), MasterError> {
+    limit_malloc_arenas();
     let cfg = Config::load(cfg_dir)?;
     let queue = super::queue_dir(&cfg);
     // Before the log: the default maillog_file is in the queue directory.
@@ -89,6 +90,7 @@ fn serve(cfg: &Config, queue: &Path) -> Result<(), MasterError> {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("relais")
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .build()
             .expect("tokio runtime")
     });
@@ -112,8 +114,13 @@ fn serve(cfg: &Config, queue: &Path) -> Result<(), MasterError> {
         let mut hup = signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut trim = tokio::time::interval(TRIM_EVERY);
         loop {
             tokio::select! {
+                _ = trim.tick() => {
+                    // Off the runtime's threads: it walks the allocator's free lists.
+                    tokio::task::spawn_blocking(crate::queue::trim_heap);
+                }
                 _ = hup.recv() => {
                     match Config::load(&cfg.dir).and_then(|c| Ok((services::load_specs(&c).map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?, c))) {
                         Ok((specs, c)) => {
@@ -156,6 +163,32 @@ fn signal(
 /// Every SMTP session holds a descriptor: raise the soft RLIMIT_NOFILE to the hard limit so
 /// that idle clients cannot exhaust a small default (often 1024) before the per-client limits
 /// apply, and log what the process got.
+/// How often the daemon gives freed heap back to the system (`malloc_trim`): after a burst
+/// of mail the allocator kept 10–25 MB free but resident (100,000 messages injected: 72 MB
+/// resident, 60 MB after a trim).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Threads for blocking work (queue operations, flushes, file writes) at most. Tokio's
+/// default, 512, let a burst of queue operations start dozens of threads, each keeping its
+/// own malloc arena and stack pages when idle (57 threads in a daemon with 100,000 queued
+/// messages); the work is short (group commit runs one flush at a time) and the machine has
+/// few cores, so a burst waits its turn instead.
+const MAX_BLOCKING_THREADS: usize = 32;
+
+/// glibc gives each thread that allocates under contention an arena of its own (up to eight
+/// per core) and keeps freed memory in it; with a few dozen threads that was tens of MB of
+/// free but resident memory (2.7 MB an arena after a burst). Four arenas for the whole
+/// daemon; an explicit MALLOC_ARENA_MAX in the environment wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before other threads run.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 4);
+        }
+    }
+}
+
 fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
