@@ -380,7 +380,10 @@ const STRIPES: usize = 64;
 
 /// sled's page cache. Its default, 1 GB, is sized for a database; the queue keeps only
 /// records and references in sled (bodies are in the journal), and reads each a few times.
-const CACHE_CAPACITY: u64 = 32 << 20;
+/// 8 MB: with 100,000 deferred 1 KB messages the daemon rests near 63 MB instead of 84 MB
+/// with 32 MB, and lists them faster (tools/bench/queue); delivery is unchanged
+/// (tools/bench/deliver, 2.9–8.2× Postfix).
+const CACHE_CAPACITY: u64 = 8 << 20;
 
 /// What the journal says of one ID, at open.
 enum Seen {
