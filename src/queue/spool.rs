@@ -623,93 +623,78 @@ impl SledSpool {
                 Some(b) if *body_ok => Some(*b),
                 _ => None,
             };
-            let Some(v) = current.as_deref() else {
-                if tail_lost {
-                    tracing::info!("{id}: removed: the queue journal lost the end of its last run, and the queue database no longer holds it");
-                    self.journal.write_removal(id)?;
-                    report.removed += 1;
-                    continue;
-                }
-                // sled lost it: the journal's copy comes back.
-                if !*rec_ok {
-                    tracing::warn!("{id}: lost: its queue record is corrupt in the queue journal and the queue database has none");
-                    report.lost += 1;
-                    continue;
-                }
-                let bytes = match self.journal.read_record(rec) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!("{id}: lost: queue journal: {e}");
-                        report.lost += 1;
-                        continue;
-                    }
-                };
-                if loud {
-                    tracing::warn!(
-                        "{id}: restored from the queue journal: the queue database had lost it"
-                    );
-                }
-                self.records.insert(idb, record_value(*state, &bytes))?;
-                self.index.insert(index_key(*state, id), Vec::<u8>::new())?;
-                report.restored += 1;
-                match journal_body {
-                    Some(b) => {
-                        let slot = Slot {
-                            body: b,
-                            rec: Some(*rec),
-                            seq: *seq,
-                        };
-                        self.blobrefs.insert(idb, slot.encode())?;
-                    }
-                    None => self.no_journal_body(id, body, slot_now, &mut report)?,
-                }
-                continue;
-            };
-            let (sled_state, sled_rec) = split(v);
-            let sled_seq = slot_now.map_or(0, |s| s.seq);
-            if sled_seq > *seq || !*rec_ok {
-                // sled's copy is newer (the journal lost later entries) or the only readable
-                // one: it stands, and goes into the journal again.
-                if sled_seq > *seq {
-                    tracing::warn!("{id}: the queue journal lost its latest change; the queue database's copy is journalled again");
-                } else {
-                    tracing::warn!("{id}: queue journal: its latest record is corrupt; the queue database's copy is journalled again");
-                }
-                let readable = slot_now
-                    .filter(|s| self.journal.verify(&s.body))
-                    .map(|s| s.body);
-                match journal_body.or(readable) {
-                    Some(b) => {
-                        let (loc, seq) = self.journal.write_state(id, sled_state, sled_rec)?;
-                        let slot = Slot {
-                            body: b,
-                            rec: Some(loc),
-                            seq,
-                        };
-                        self.blobrefs.insert(idb, slot.encode())?;
-                        report.restored += 1;
-                    }
-                    None => self.no_journal_body(id, body, slot_now, &mut report)?,
-                }
+            if current.is_none() && tail_lost {
+                tracing::info!("{id}: removed: the queue journal lost the end of its last run, and the queue database no longer holds it");
+                self.journal.write_removal(id)?;
+                report.removed += 1;
                 continue;
             }
-            let agrees = sled_seq == *seq
-                && (sled_state == *state || (sled_state == ACTIVE && *state != CORRUPT))
-                && crc32fast::hash(sled_rec) == rec.crc;
+            // sled's copy: its state, record and the number of the last entry it applied.
+            let sled = current
+                .as_deref()
+                .map(|v| (split(v), slot_now.map_or(0, |s| s.seq)));
+            if let Some(((sled_state, sled_rec), sled_seq)) = sled {
+                if sled_seq > *seq || !*rec_ok {
+                    // sled's copy is newer (the journal lost later entries) or the only
+                    // readable one: it stands, and goes into the journal again.
+                    if sled_seq > *seq {
+                        tracing::warn!("{id}: the queue journal lost its latest change; the queue database's copy is journalled again");
+                    } else {
+                        tracing::warn!("{id}: queue journal: its latest record is corrupt; the queue database's copy is journalled again");
+                    }
+                    let readable = slot_now
+                        .filter(|s| self.journal.verify(&s.body))
+                        .map(|s| s.body);
+                    match journal_body.or(readable) {
+                        Some(b) => {
+                            let (loc, seq) =
+                                self.journal.write_state(id, sled_state, sled_rec)?;
+                            let slot = Slot {
+                                body: b,
+                                rec: Some(loc),
+                                seq,
+                            };
+                            self.blobrefs.insert(idb, slot.encode())?;
+                            report.restored += 1;
+                        }
+                        None => self.no_journal_body(id, body, slot_now, &mut report)?,
+                    }
+                    continue;
+                }
+            }
+            let agrees = sled.is_some_and(|((sled_state, sled_rec), sled_seq)| {
+                sled_seq == *seq
+                    && (sled_state == *state || (sled_state == ACTIVE && *state != CORRUPT))
+                    && crc32fast::hash(sled_rec) == rec.crc
+            });
             if !agrees {
-                let bytes = match self.journal.read_record(rec) {
-                    Ok(b) => b,
-                    Err(e) => {
+                // sled lost the message, or holds an older or damaged copy: the journal's
+                // comes back.
+                let read = if *rec_ok {
+                    self.journal.read_record(rec).map_err(|e| e.to_string())
+                } else {
+                    Err("its record is corrupt".to_string())
+                };
+                let bytes = match (read, sled) {
+                    (Ok(b), _) => b,
+                    (Err(e), Some(_)) => {
                         tracing::warn!(
                             "{id}: queue journal: {e}; the queue database's copy is kept"
                         );
                         continue;
                     }
+                    (Err(e), None) => {
+                        tracing::warn!("{id}: lost: queue journal: {e}, and the queue database has none");
+                        report.lost += 1;
+                        continue;
+                    }
                 };
                 if loud {
-                    tracing::warn!("{id}: restored from the queue journal: the queue database held an older or damaged copy");
+                    tracing::warn!("{id}: restored from the queue journal: the queue database had lost it or held an older or damaged copy");
                 }
-                self.index.remove(index_key(sled_state, id))?;
+                if let Some(((sled_state, _), _)) = sled {
+                    self.index.remove(index_key(sled_state, id))?;
+                }
                 self.records.insert(idb, record_value(*state, &bytes))?;
                 self.index.insert(index_key(*state, id), Vec::<u8>::new())?;
                 report.restored += 1;
