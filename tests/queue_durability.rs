@@ -68,7 +68,11 @@ fn the_250_follows_the_journal_fdatasync() {
         std::net::TcpStream::connect(("127.0.0.1", inst.smtp_port)).is_ok()
     });
     let marker = "durability-marker-4f2a";
-    let id = if up { Some(send(inst.smtp_port, marker, 10)) } else { None };
+    let id = if up {
+        Some(send(inst.smtp_port, marker, 10))
+    } else {
+        None
+    };
     let _ = inst.relais(&["stop"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -100,7 +104,10 @@ fn the_250_follows_the_journal_fdatasync() {
         let resumed = l.contains("<... fdatasync resumed>") && l.ends_with("= 0") && {
             let pid = l.split_whitespace().next().unwrap_or_default();
             lines[body_read + 1..i].iter().rev().any(|p| {
-                p.starts_with(pid) && p.contains("fdatasync(") && p.contains(".seg>") && p.contains("<unfinished")
+                p.starts_with(pid)
+                    && p.contains("fdatasync(")
+                    && p.contains(".seg>")
+                    && p.contains("<unfinished")
             })
         };
         if complete || resumed {
@@ -166,10 +173,12 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
         let filler = if i % 3 == 0 { 3000 } else { 20 };
         sent.push(send(inst.smtp_port, &format!("damage-{i}"), filler));
     }
-    assert!(wait_until(Duration::from_secs(30), || ids_and_queues(&inst)
-        .iter()
-        .filter(|(_, q)| q == "deferred")
-        .count()
+    assert!(wait_until(Duration::from_secs(30), || ids_and_queues(
+        &inst
+    )
+    .iter()
+    .filter(|(_, q)| q == "deferred")
+    .count()
         == 30));
     inst.stop();
 
@@ -179,7 +188,12 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
     flip(&log, len / 2);
     inst.start();
     let got = ids_and_queues(&inst);
-    assert_eq!(got.len(), 30, "after a flipped byte in sled's log: {got:?}\n{}", inst.log());
+    assert_eq!(
+        got.len(),
+        30,
+        "after a flipped byte in sled's log: {got:?}\n{}",
+        inst.log()
+    );
     inst.stop();
     let len = std::fs::metadata(&log).unwrap().len();
     std::fs::OpenOptions::new()
@@ -190,7 +204,12 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
         .unwrap();
     inst.start();
     let got = ids_and_queues(&inst);
-    assert_eq!(got.len(), 30, "after sled's log was cut: {got:?}\n{}", inst.log());
+    assert_eq!(
+        got.len(),
+        30,
+        "after sled's log was cut: {got:?}\n{}",
+        inst.log()
+    );
     inst.stop();
 
     // 2. A journal segment: one byte of a body (the message "damage-7").
@@ -207,7 +226,8 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
     assert_eq!(corrupt.len(), 1, "{got:?}\n{}", inst.log());
     assert_eq!(corrupt[0].0, sent[7]);
     assert!(
-        inst.log().contains(&format!("{}: corrupt queue file", sent[7])),
+        inst.log()
+            .contains(&format!("{}: corrupt queue file", sent[7])),
         "reported: {}",
         inst.log()
     );
@@ -225,7 +245,12 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
     // finds it and moves the hit message to the corrupt queue.
     let seg = segments(&inst)
         .into_iter()
-        .find(|p| std::fs::read(p).unwrap().windows(10).any(|w| w == b"damage-13\r"))
+        .find(|p| {
+            std::fs::read(p)
+                .unwrap()
+                .windows(10)
+                .any(|w| w == b"damage-13\r")
+        })
         .expect("damage-13 in the journal");
     let bytes = std::fs::read(&seg).unwrap();
     let hit = bytes.windows(10).position(|w| w == b"damage-13\r").unwrap() as u64;
@@ -233,9 +258,16 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
     let out = inst.tool("postsuper", &["-s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("queue structure check:") && err.contains("corrupt=1"), "{err}");
+    assert!(
+        err.contains("queue structure check:") && err.contains("corrupt=1"),
+        "{err}"
+    );
     let got = ids_and_queues(&inst);
-    assert_eq!(got.iter().filter(|(_, q)| q == "corrupt").count(), 2, "{got:?}");
+    assert_eq!(
+        got.iter().filter(|(_, q)| q == "corrupt").count(),
+        2,
+        "{got:?}"
+    );
     assert!(got.contains(&(sent[13].clone(), "corrupt".to_string())));
 
     // Everything else is delivered once a next hop listens.
@@ -260,6 +292,11 @@ fn damaged_queue_files_cost_only_the_hit_messages() {
     let delivered = wait_until(Duration::from_secs(60), || ids_and_queues(&inst).len() == 2);
     let _ = sink.kill();
     let _ = sink.wait();
-    assert!(delivered, "left: {:?}\n{}", ids_and_queues(&inst), inst.log());
+    assert!(
+        delivered,
+        "left: {:?}\n{}",
+        ids_and_queues(&inst),
+        inst.log()
+    );
     inst.stop();
 }

@@ -647,7 +647,13 @@ impl Journal {
         self.read_checked(r.seg, r.off, r.len, r.crc)
     }
 
-    fn read_checked(&self, seg: u32, off: u64, len: u32, crc: u32) -> Result<Vec<u8>, JournalError> {
+    fn read_checked(
+        &self,
+        seg: u32,
+        off: u64,
+        len: u32,
+        crc: u32,
+    ) -> Result<Vec<u8>, JournalError> {
         let file = self.file(seg, off + u64::from(len))?;
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, off)
@@ -794,7 +800,11 @@ impl Journal {
                 match r.entry(pos)? {
                     Some((len, scanned)) => {
                         if let Some(from) = bad.take() {
-                            damage.push(Damage { seg, off: from, len: pos - from });
+                            damage.push(Damage {
+                                seg,
+                                off: from,
+                                len: pos - from,
+                            });
                         }
                         if let Some(s) = scanned {
                             f(&s);
@@ -811,7 +821,11 @@ impl Journal {
                 // Zeros after the last entry are a failed append taken back, or the space
                 // fallocate keeps: not damage.
                 if !r.all_zero(from, size)? {
-                    damage.push(Damage { seg, off: from, len: size - from });
+                    damage.push(Damage {
+                        seg,
+                        off: from,
+                        len: size - from,
+                    });
                 }
             }
         }

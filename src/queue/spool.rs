@@ -647,8 +647,7 @@ impl SledSpool {
                         .map(|s| s.body);
                     match journal_body.or(readable) {
                         Some(b) => {
-                            let (loc, seq) =
-                                self.journal.write_state(id, sled_state, sled_rec)?;
+                            let (loc, seq) = self.journal.write_state(id, sled_state, sled_rec)?;
                             let slot = Slot {
                                 body: b,
                                 rec: Some(loc),
@@ -684,7 +683,9 @@ impl SledSpool {
                         continue;
                     }
                     (Err(e), None) => {
-                        tracing::warn!("{id}: lost: queue journal: {e}, and the queue database has none");
+                        tracing::warn!(
+                            "{id}: lost: queue journal: {e}, and the queue database has none"
+                        );
                         report.lost += 1;
                         continue;
                     }

@@ -518,7 +518,6 @@ fn compaction_copies_live_bodies_out_of_sparse_segments() {
     assert_eq!(spool.content("ID6").unwrap().unwrap(), big(b'6', n));
 }
 
-
 /// The journal's segment files of a spool at `path`, oldest first.
 fn segments(path: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(crate::queue::spool::bodies_dir(path))
@@ -550,7 +549,11 @@ fn history(path: &std::path::Path) -> BTreeMap<String, (u8, Vec<u8>)> {
     let mut want = BTreeMap::new();
     for i in 0..10u8 {
         let id = format!("ID{i}");
-        let body = if i % 2 == 0 { big(b'a' + i, 20 << 10) } else { vec![b'a' + i; 300] };
+        let body = if i % 2 == 0 {
+            big(b'a' + i, 20 << 10)
+        } else {
+            vec![b'a' + i; 300]
+        };
         spool
             .insert(&id, QueueName::Incoming.byte(), &[i; 40], &body)
             .unwrap();
@@ -568,7 +571,10 @@ fn history(path: &std::path::Path) -> BTreeMap<String, (u8, Vec<u8>)> {
     spool.update("ID5", &mut |_, _| Change::Remove).unwrap();
     want.remove("ID5");
     assert!(spool
-        .rename("ID6", "NEW6", &mut |_, r| Some((QueueName::Incoming.byte(), r.to_vec())))
+        .rename("ID6", "NEW6", &mut |_, r| Some((
+            QueueName::Incoming.byte(),
+            r.to_vec()
+        )))
         .unwrap());
     let b = want.remove("ID6").unwrap();
     want.insert("NEW6".into(), b);
@@ -596,9 +602,17 @@ fn a_lost_database_is_rebuilt_from_the_journal() {
     let path = dir.path().join("db");
     let want = history(&path);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    reopen(|| std::fs::remove_dir_all(&path).map_err(|e| e.to_string()).and_then(|()| {
-        if path.exists() { Err("still there".to_string()) } else { Ok(()) }
-    }));
+    reopen(|| {
+        std::fs::remove_dir_all(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                if path.exists() {
+                    Err("still there".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+    });
     let spool = reopen(|| SledSpool::open(&path));
     assert_eq!(holds(&spool), want);
     let r = spool.last_report();
@@ -661,7 +675,11 @@ fn a_flipped_body_byte_costs_only_its_message() {
     let spool = reopen(|| SledSpool::open(&path));
     let got = holds(&spool);
     assert_eq!(got["ID2"].0, crate::queue::spool::CORRUPT);
-    assert_eq!(spool.get("ID2").unwrap().unwrap().1, vec![2u8; 40], "record kept");
+    assert_eq!(
+        spool.get("ID2").unwrap().unwrap().1,
+        vec![2u8; 40],
+        "record kept"
+    );
     want.remove("ID2");
     let mut rest = got.clone();
     rest.remove("ID2");
@@ -670,7 +688,10 @@ fn a_flipped_body_byte_costs_only_its_message() {
     // Still so after another open: the move was journalled.
     drop(spool);
     let spool = reopen(|| SledSpool::open(&path));
-    assert_eq!(spool.get("ID2").unwrap().unwrap().0, crate::queue::spool::CORRUPT);
+    assert_eq!(
+        spool.get("ID2").unwrap().unwrap().0,
+        crate::queue::spool::CORRUPT
+    );
     assert_eq!(spool.last_report(), Default::default());
 }
 
@@ -722,7 +743,10 @@ fn a_truncated_segment_costs_only_its_tail() {
     let len = std::fs::metadata(seg).unwrap().len();
     // The tail holds the rename's entry, ID9's and ID8's: cut into ID8's body.
     let bytes = std::fs::read(seg).unwrap();
-    let at = bytes.windows(64).rposition(|w| w.iter().all(|&b| b == b'i')).unwrap();
+    let at = bytes
+        .windows(64)
+        .rposition(|w| w.iter().all(|&b| b == b'i'))
+        .unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(seg)
@@ -768,11 +792,18 @@ fn journalled_changes_reach_sled_at_open() {
         let db = raw_db(&path);
         db.remove(crate::queue::spool::CLOSED_CLEANLY).unwrap();
         let records = db.open_tree("records").unwrap();
-        records.insert("ID5", &[QueueName::Incoming.byte(), 5, 5][..]).unwrap();
-        records.insert("ID6", &[QueueName::Incoming.byte(), 6, 6][..]).unwrap();
+        records
+            .insert("ID5", &[QueueName::Incoming.byte(), 5, 5][..])
+            .unwrap();
+        records
+            .insert("ID6", &[QueueName::Incoming.byte(), 6, 6][..])
+            .unwrap();
         records.remove("NEW6").unwrap();
         records
-            .insert("ID3", [&[QueueName::Incoming.byte()][..], &[3u8; 40]].concat())
+            .insert(
+                "ID3",
+                [&[QueueName::Incoming.byte()][..], &[3u8; 40]].concat(),
+            )
             .unwrap();
         db.flush().unwrap();
     }
@@ -790,7 +821,10 @@ fn repair_mends_index_and_leftovers() {
     {
         let db = raw_db(&path);
         db.remove(crate::queue::spool::CLOSED_CLEANLY).unwrap();
-        db.open_tree("content").unwrap().insert("ZZZ", "orphan").unwrap();
+        db.open_tree("content")
+            .unwrap()
+            .insert("ZZZ", "orphan")
+            .unwrap();
         let index = db.open_tree("index").unwrap();
         index
             .remove([&[QueueName::Deferred.byte()][..], b"ID3"].concat())
@@ -825,9 +859,16 @@ fn a_spool_from_before_the_journal_is_taken_over() {
         let db = raw_db(&path);
         let records = db.open_tree("records").unwrap();
         let index = db.open_tree("index").unwrap();
-        records.insert("OLD1", [&[QueueName::Deferred.byte()][..], b"r1"].concat()).unwrap();
-        index.insert([&[QueueName::Deferred.byte()][..], b"OLD1"].concat(), b"").unwrap();
-        db.open_tree("content").unwrap().insert("OLD1", "small body").unwrap();
+        records
+            .insert("OLD1", [&[QueueName::Deferred.byte()][..], b"r1"].concat())
+            .unwrap();
+        index
+            .insert([&[QueueName::Deferred.byte()][..], b"OLD1"].concat(), b"")
+            .unwrap();
+        db.open_tree("content")
+            .unwrap()
+            .insert("OLD1", "small body")
+            .unwrap();
         // An old-format body segment: "RLB1", length, CRC, id length, id, body.
         let body = big(b'o', 9000);
         let mut seg = b"RLB1".to_vec();
@@ -840,10 +881,22 @@ fn a_spool_from_before_the_journal_is_taken_over() {
         let bodies = crate::queue::spool::bodies_dir(&path);
         std::fs::create_dir_all(&bodies).unwrap();
         std::fs::write(bodies.join("00000000.seg"), &seg).unwrap();
-        let r = crate::queue::journal::BlobRef { seg: 0, off, len: body.len() as u32, crc: crc32fast::hash(&body) };
-        records.insert("OLD2", [&[QueueName::Incoming.byte()][..], b"r2"].concat()).unwrap();
-        index.insert([&[QueueName::Incoming.byte()][..], b"OLD2"].concat(), b"").unwrap();
-        db.open_tree("blobs").unwrap().insert("OLD2", &r.encode()).unwrap();
+        let r = crate::queue::journal::BlobRef {
+            seg: 0,
+            off,
+            len: body.len() as u32,
+            crc: crc32fast::hash(&body),
+        };
+        records
+            .insert("OLD2", [&[QueueName::Incoming.byte()][..], b"r2"].concat())
+            .unwrap();
+        index
+            .insert([&[QueueName::Incoming.byte()][..], b"OLD2"].concat(), b"")
+            .unwrap();
+        db.open_tree("blobs")
+            .unwrap()
+            .insert("OLD2", &r.encode())
+            .unwrap();
         db.flush().unwrap();
     }
     {
@@ -855,9 +908,16 @@ fn a_spool_from_before_the_journal_is_taken_over() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     reopen(|| std::fs::remove_dir_all(&path).map_err(|e| e.to_string()));
     let spool = reopen(|| SledSpool::open(&path));
-    assert_eq!(spool.get("OLD1").unwrap().unwrap(), (QueueName::Deferred.byte(), b"r1".to_vec()));
+    assert_eq!(
+        spool.get("OLD1").unwrap().unwrap(),
+        (QueueName::Deferred.byte(), b"r1".to_vec())
+    );
     assert_eq!(spool.content("OLD2").unwrap().unwrap(), big(b'o', 9000));
-    assert_eq!(segments(&path).len(), 1, "the old-format segment went once unused");
+    assert_eq!(
+        segments(&path).len(),
+        1,
+        "the old-format segment went once unused"
+    );
 }
 
 /// A journal append that fails (a full disk) is taken back: the next append reuses its
