@@ -4,7 +4,10 @@ use relais::config::master_cf::{self, MasterCf, ServiceKind, IMPLEMENTED_COMMAND
 use relais::config::Config;
 use std::path::Path;
 
-const SEED_MASTER: &str = "/work/shared/fixtures/seed-config/master.cf";
+const SEED_MASTER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/seed-config/master.cf"
+);
 
 fn seed_cfg() -> Config {
     Config::from_text(Path::new("/etc/postfix"), "myhostname = mail.exemple.fr\n").unwrap()

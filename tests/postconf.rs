@@ -8,8 +8,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SEED: &str = "/work/shared/fixtures/seed-config";
-const GOLDEN: &str = "/work/shared/fixtures/postfix-reference";
+const SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/seed-config"
+);
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/postfix-reference"
+);
 
 struct Golden {
     command: String,

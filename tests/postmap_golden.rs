@@ -5,7 +5,10 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const REF: &str = "/work/shared/fixtures/postfix-reference";
+const REF: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/postfix-reference"
+);
 
 struct Capture {
     command: String,
@@ -147,7 +150,10 @@ fn postmap_matches_postfix_captures() {
         std::fs::copy(Path::new(REF).join(table), dir.join(file)).unwrap();
     }
     std::fs::copy(
-        "/work/shared/fixtures/seed-config/header_checks",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/seed-config/header_checks"
+        ),
         dir.join("header_checks"),
     )
     .unwrap();

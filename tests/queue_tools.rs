@@ -10,7 +10,10 @@ use relais::control::{self, QueueHandler};
 use relais::envelope::{Envelope, Origin, Recipient};
 use relais::queue::{Meta, Queue, QueueName, Record};
 
-const GOLDEN: &str = "/work/shared/fixtures/postfix-reference";
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/postfix-reference"
+);
 const REFUSED: &str = "connect to 127.0.0.1[127.0.0.1]:10129: Connection refused";
 const ARRIVAL: i64 = 1_795_421_655;
 

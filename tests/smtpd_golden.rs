@@ -1,4 +1,4 @@
-//! Replays the golden Postfix 3.7 transcripts (/work/shared/fixtures/postfix-reference/
+//! Replays the golden Postfix 3.7 transcripts (../shared/fixtures/postfix-reference/
 //! smtpd-transcript-*.txt) against relais's smtpd: every client line is sent (pipelined),
 //! and the server's output must match Postfix's byte for byte.
 
@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DIR: &str = "/work/shared/fixtures/postfix-reference";
+const DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/postfix-reference"
+);
 
 struct Golden {
     /// The reply the relay check gives victim@example.net.

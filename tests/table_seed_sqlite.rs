@@ -5,7 +5,10 @@ use relais::table;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SEED: &str = "/work/shared/fixtures/seed-config";
+const SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/seed-config"
+);
 
 /// Builds the database the seed documents describe, with active and inactive rows.
 fn seed_db(dir: &Path) -> PathBuf {
