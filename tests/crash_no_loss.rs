@@ -1,7 +1,7 @@
 //! No loss on crash: every message acknowledged with `250 2.0.0 Ok: queued as ID` is in the
 //! queue, content intact, after the daemon is killed with SIGKILL mid-stream and restarted;
-//! and a clean stop/start keeps the queue as it was. Half the messages are small (bodies in
-//! sled), half large (bodies in segment files beside it).
+//! and a clean stop/start keeps the queue as it was. Half the messages are small, half
+//! large (14 KB): both go through the queue journal.
 
 mod common;
 use common::*;
@@ -62,8 +62,7 @@ fn client(
         if !cmd(&mut w, &mut r, "DATA")?.starts_with("354") {
             break;
         }
-        // Every other message is large enough (14 KB) for a body segment file, the others
-        // stay in sled: both kinds must survive.
+        // Every other message is large (14 KB): both sizes must survive.
         let filler = if i % 2 == 1 { 2000 } else { 200 };
         let body = format!(
             "Subject: crash test {thread}/{i}\r\n\r\n{marker}\r\n{}\r\n.\r\n",
@@ -169,8 +168,8 @@ fn clean_stop_and_start_keeps_the_queue() {
     inst.stop();
     let st = inst.relais(&["status"]);
     assert!(!st.status.success(), "still running after stop");
-    // A clean stop leaves sled's mark that no change was cut, so the next start skips the
-    // scan for orphaned bodies.
+    // A clean stop leaves sled's mark that sled held every change at the close, so the next
+    // start takes any difference from the journal for damage.
     {
         let db = sled::Config::new()
             .path(inst.queue().join("db"))

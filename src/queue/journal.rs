@@ -204,11 +204,6 @@ impl JournalError {
     pub fn is_damage(&self) -> bool {
         matches!(self, JournalError::Missing(_) | JournalError::Checksum(..))
     }
-
-    /// The file system is full (or over quota).
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, JournalError::Io(_, e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
-    }
 }
 
 struct Segment {
